@@ -1,0 +1,5 @@
+import sys
+
+from mar3d.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line interface: `mar3d <command>`."""

@@ -1,0 +1,1 @@
+"""Data preparation (meshes -> samples and views) and the datasets that read its output."""
