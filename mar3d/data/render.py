@@ -60,12 +60,19 @@ class ViewRenderer:
         for part in parts:
             material = None if part.visual is not None and part.visual.kind is not None else _plain_material(plain_colour)
             mesh = pyrender.Mesh.from_trimesh(part, material=material)
+            for primitive in mesh.primitives:
+                # Open surfaces (scans with holes, sheets) must not turn invisible from behind.
+                primitive.material.doubleSided = True
             self.nodes.append(self.scene.add(mesh, pose=normalize))
         camera = pyrender.PerspectiveCamera(yfov=np.deg2rad(FOV_DEG), aspectRatio=1.0, znear=0.05, zfar=20.0)
         self.scene.add(camera, pose=camera_to_world())
         self.scene.add(pyrender.DirectionalLight(intensity=KEY_LIGHT), pose=_light_pose(np.array([0.0, 0.0, 1.0])))
         self.scene.add(pyrender.DirectionalLight(intensity=FILL_LIGHT), pose=_light_pose(np.array([-0.3, 1.0, 0.3])))
         self.renderer = pyrender.OffscreenRenderer(resolution, resolution)
+        # pyrender assumes OSMesa has no framebuffer objects and reads the aliased default buffer (RGB
+        # only). Mesa's llvmpipe does support them: rendering into pyrender's 4x MSAA framebuffer gives
+        # antialiased colour and a coverage alpha, so silhouette pixels are partly opaque, not dropped.
+        self.renderer._platform.supports_framebuffers = lambda: True
 
     def __enter__(self) -> "ViewRenderer":
         return self
@@ -79,15 +86,17 @@ class ViewRenderer:
             self.renderer = None
 
     def render(self, rotation: np.ndarray) -> np.ndarray:
-        """(H, W, 4) uint8 RGBA image of the mesh rotated by ``rotation`` (3, 3); alpha 255 on the object."""
+        """(H, W, 4) uint8 RGBA image (straight alpha = pixel coverage) of the mesh rotated by ``rotation`` (3, 3)."""
         pose = np.eye(4)
         pose[:3, :3] = rotation
         pose = pose @ self.normalize
         for node in self.nodes:
             self.scene.set_pose(node, pose)
         colour, depth = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
-        # OSMesa returns RGB only; coverage comes from the depth buffer either way.
-        alpha = np.where(depth > 0, 255, 0).astype(np.uint8)
-        rgba = np.concatenate([colour[..., :3], alpha[..., None]], axis=-1)
-        rgba[alpha == 0, :3] = 0
+        rgba = np.array(colour)
+        # The resolve averages the object's colour with the black clear colour (premultiplied);
+        # PNG stores straight alpha, so divide the coverage back out of edge pixels.
+        alpha = rgba[..., 3:].astype(np.float32)
+        edge = (alpha[..., 0] > 0) & (alpha[..., 0] < 255)
+        rgba[edge, :3] = np.clip(rgba[edge, :3] * (255.0 / alpha[edge]), 0, 255).round().astype(np.uint8)
         return rgba
