@@ -5,11 +5,12 @@ import argparse
 import sys
 
 from mar3d import __version__
-from mar3d.cli import prepare
+from mar3d.cli import prepare, train
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
     "prepare": prepare,
+    "train": train,
 }
 
 

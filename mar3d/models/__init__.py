@@ -1,0 +1,1 @@
+"""Neural networks: reusable layers, the Pyramid VAE, and (later) the cascaded MARs."""

@@ -1,0 +1,50 @@
+"""A model on disk is a folder: ``config.json`` (the architecture) + ``model.safetensors`` (the weights).
+
+Loading needs neither the training code nor pickle, so a shared model folder cannot run code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mar3d.config import from_dict, to_dict
+from mar3d.utils import atomic
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+M = TypeVar("M", bound=nn.Module)
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, kind: str, extra: dict | None = None) -> Path:
+    """Write ``model`` (which has ``.config``, a dataclass) to ``folder``; ``kind`` names the class."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic.atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    atomic.write_json(folder / CONFIG_FILE, {"kind": kind, "config": to_dict(model.config), **(extra or {})})
+    return folder
+
+
+def read_model_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(model_cls: type[M], config_cls, folder: str | Path, kind: str,
+                    map_location: str | torch.device = "cpu") -> M:
+    """Build ``model_cls(config)`` from ``folder/config.json`` and load its safetensors weights."""
+    folder = Path(folder)
+    document = read_model_config(folder)
+    if document.get("kind") != kind:
+        raise ValueError(f"{folder}: holds a '{document.get('kind')}' model, not a '{kind}'")
+    model = model_cls(from_dict(config_cls, document["config"], f"{folder / CONFIG_FILE}"))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)))
+    return model.eval()

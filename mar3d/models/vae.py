@@ -1,0 +1,233 @@
+"""Pyramid VAE (paper §3.2): multi-resolution surface points -> latent tokens -> occupancy field.
+
+    encode:  queries (FPS points of the densest level, or learned)           (B, N, D)
+             + sum over levels k of CrossAttn_k(queries, embed(level_k))     one block per level
+             -> self-attention x encoder_layers -> LayerNorm -> Linear -> mean, log-variance (B, N, C)
+    decode:  Linear(C -> D) -> self-attention x decoder_layers               once per shape
+             query points: embed -> CrossAttn(latents) -> LayerNorm -> Linear -> logit   per chunk
+
+One trained VAE emits both token counts the MARs need: N = 1024 from levels (16384, 4096, 1024) and
+N = 256 from (4096, 1024, 256) (DESIGN.md §4). See docs/vae.md for the choice of FPS queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mar3d.config import ConfigError
+from mar3d.models.layers import Attention, CrossAttentionBlock, FourierEmbedder, MLP, SelfAttentionBlock
+
+LOGVAR_RANGE = (-30.0, 20.0)  # release
+INITIAL_LOGVAR = -6.0
+
+
+@dataclass
+class VAEConfig:
+    width: int = 256
+    heads: int = 4
+    latent_channels: int = 64
+    encoder_layers: int = 1
+    decoder_layers: int = 4
+    fourier_octaves: int = 8
+    queries: Literal["fps", "learned"] = "fps"
+    pyramid: bool = True  # False: the single-level ablation (densest level only)
+    pyramid_levels: int = 3
+    pyramid_ratio: int = 4  # each level has 1/ratio of the points of the one above
+    points_per_token: int = 16  # densest level size / token count (paper: 16384 points -> 1024 tokens)
+    token_counts: list[int] = field(default_factory=lambda: [256, 1024])  # counts it is trained to emit
+    kl_weight: float = 0.001  # paper Eq. 3 / release
+
+    def validate(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"model.width {self.width} must be divisible by model.heads {self.heads}")
+        if not self.token_counts or min(self.token_counts) < 1:
+            raise ConfigError(f"model.token_counts must be positive, got {self.token_counts}")
+        for n in self.token_counts:
+            if self.level_sizes(n)[-1] < 1 or (self.pyramid and n * self.points_per_token % self.pyramid_ratio ** (self.pyramid_levels - 1)):
+                raise ConfigError(f"model: {n} tokens do not give whole pyramid levels")
+        if self.queries == "fps" and self.points_per_token < 1:
+            raise ConfigError("model.points_per_token must be >= 1")
+
+    @property
+    def num_levels(self) -> int:
+        return self.pyramid_levels if self.pyramid else 1
+
+    def level_sizes(self, tokens: int) -> list[int]:
+        """Input point counts (densest first) used to encode ``tokens`` latent tokens."""
+        top = tokens * self.points_per_token
+        return [top // self.pyramid_ratio**k for k in range(self.num_levels)]
+
+    def pyramid_sizes(self) -> tuple[int, ...]:
+        """Every level size any trained token count needs: what the dataset must draw (nested)."""
+        return tuple(sorted({s for n in self.token_counts for s in self.level_sizes(n)}, reverse=True))
+
+
+@dataclass
+class Posterior:
+    mean: torch.Tensor  # (B, N, C)
+    logvar: torch.Tensor  # (B, N, C)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + (0.5 * self.logvar).exp() * noise
+
+    def kl(self) -> torch.Tensor:
+        """(B,) KL to the unit Gaussian, averaged over tokens and channels."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).mean(dim=(1, 2))
+
+
+@dataclass
+class DecoderCache:
+    """What decoding a shape costs once: keys/values of the final cross-attention, (B, heads, N, D/heads)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def farthest_point_sample(points: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices (B, count) of farthest-point samples of (B, P, 3), starting from point 0.
+
+    The pyramid levels are already random subsets, so a fixed start is a random start and deterministic.
+    On CPU the loop runs in numpy: a thousand tiny multi-threaded torch ops cost ~50x more there.
+    """
+    batch, num_points, _ = points.shape
+    if count > num_points:
+        raise ValueError(f"cannot take {count} farthest points from {num_points}")
+    if points.device.type == "cpu":
+        xyz = points.detach().float().numpy()
+        index = np.zeros((batch, count), dtype=np.int64)
+        distance = np.full((batch, num_points), np.inf, dtype=np.float32)
+        farthest = np.zeros(batch, dtype=np.int64)
+        rows = np.arange(batch)
+        for i in range(count):
+            index[:, i] = farthest
+            np.minimum(distance, ((xyz - xyz[rows, farthest][:, None]) ** 2).sum(-1), out=distance)
+            farthest = distance.argmax(axis=-1)
+        return torch.from_numpy(index)
+    xyz = points.detach().float()
+    index = torch.zeros(batch, count, dtype=torch.long, device=xyz.device)
+    distance = torch.full((batch, num_points), float("inf"), device=xyz.device)
+    farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    rows = torch.arange(batch, device=xyz.device)
+    for i in range(count):
+        index[:, i] = farthest
+        distance = torch.minimum(distance, (xyz - xyz[rows, farthest][:, None]).pow(2).sum(-1))
+        farthest = distance.argmax(dim=-1)
+    return index
+
+
+class PyramidVAE(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.width
+        self.fourier = FourierEmbedder(config.fourier_octaves)
+        # Encoder: surface points (xyz + normal) and, for FPS queries, the queries themselves.
+        self.point_embed = nn.Linear(self.fourier.out_dim + 3, d)
+        if config.queries == "learned":
+            self.learned_queries = nn.ParameterDict(
+                {str(n): nn.Parameter(torch.randn(n, d) * 0.02) for n in config.token_counts})
+        self.level_norm_q = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.num_levels))
+        self.level_norm_x = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.num_levels))
+        self.level_attn = nn.ModuleList(Attention(d, config.heads) for _ in range(config.num_levels))
+        self.encoder_norm_mlp, self.encoder_mlp = nn.LayerNorm(d), MLP(d)
+        self.encoder_layers = nn.ModuleList(SelfAttentionBlock(d, config.heads) for _ in range(config.encoder_layers))
+        self.encoder_out_norm = nn.LayerNorm(d)
+        self.to_posterior = nn.Linear(d, 2 * config.latent_channels)
+        # Start with a small posterior variance: at log-variance 0 the noise swamps the mean early on, the
+        # decoder learns to read noisy latents only, and decoding the posterior mean fails for hundreds of
+        # steps. The KL term still pulls the variance up as far as reconstruction allows.
+        nn.init.constant_(self.to_posterior.bias[config.latent_channels:], INITIAL_LOGVAR)
+        # Decoder: latents once per shape, then query points in chunks.
+        self.from_latent = nn.Linear(config.latent_channels, d)
+        self.decoder_layers = nn.ModuleList(SelfAttentionBlock(d, config.heads) for _ in range(config.decoder_layers))
+        self.query_embed = nn.Linear(self.fourier.out_dim, d)
+        self.query_attn = CrossAttentionBlock(d, config.heads)
+        self.out_norm, self.to_logit = nn.LayerNorm(d), nn.Linear(d, 1)
+
+    # ----------------------------------------------------------------- encoder
+    def select_levels(self, pyramid: list[torch.Tensor], tokens: int) -> list[torch.Tensor]:
+        """Pick the levels (each (B, n_k, 6)) that encode ``tokens`` tokens from a drawn pyramid."""
+        by_size = {level.shape[1]: level for level in pyramid}
+        sizes = self.config.level_sizes(tokens)
+        missing = [s for s in sizes if s not in by_size]
+        if missing:
+            raise ValueError(f"{tokens} tokens need levels of {sizes} points; the pyramid lacks {missing}")
+        return [by_size[s] for s in sizes]
+
+    def embed_points(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, P, 6) xyz + normal -> (B, P, D)."""
+        return self.point_embed(torch.cat([self.fourier(points[..., :3]), points[..., 3:]], dim=-1))
+
+    def initial_queries(self, densest: torch.Tensor, tokens: int) -> torch.Tensor:
+        if self.config.queries == "learned":
+            if str(tokens) not in self.learned_queries:
+                raise ValueError(f"learned queries exist for {self.config.token_counts} tokens, not {tokens}")
+            return self.learned_queries[str(tokens)].expand(densest.shape[0], -1, -1)
+        index = farthest_point_sample(densest[..., :3], tokens)
+        picked = torch.gather(densest, 1, index[..., None].expand(-1, -1, densest.shape[-1]))
+        return self.embed_points(picked)
+
+    def encode(self, pyramid: list[torch.Tensor], tokens: int) -> Posterior:
+        """Surface pyramid (levels (B, n_k, 6), any superset of the needed ones) -> posterior over (B, N, C)."""
+        levels = self.select_levels(pyramid, tokens)
+        queries = self.initial_queries(levels[0], tokens)
+        h = queries
+        for level, norm_q, norm_x, attn in zip(levels, self.level_norm_q, self.level_norm_x, self.level_attn):
+            h = h + attn(norm_q(queries), norm_x(self.embed_points(level)))
+        h = h + self.encoder_mlp(self.encoder_norm_mlp(h))
+        for block in self.encoder_layers:
+            h = block(h)
+        mean, logvar = self.to_posterior(self.encoder_out_norm(h)).chunk(2, dim=-1)
+        return Posterior(mean, logvar.clamp(*LOGVAR_RANGE))
+
+    # ----------------------------------------------------------------- decoder
+    def prepare_decoder(self, latents: torch.Tensor) -> DecoderCache:
+        """(B, N, C) latents -> the per-shape cache; the self-attention stack runs here, once."""
+        h = self.from_latent(latents)
+        for block in self.decoder_layers:
+            h = block(h)
+        return DecoderCache(*self.query_attn.keys_values(h))
+
+    def query(self, cache: DecoderCache, points: torch.Tensor) -> torch.Tensor:
+        """Occupancy logits (B, Q) at points (B, Q, 3); positive inside."""
+        x = self.query_embed(self.fourier(points))
+        x = self.query_attn.attend(x, cache.keys, cache.values)
+        return self.to_logit(self.out_norm(x)).squeeze(-1)
+
+    def decode(self, latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.query(self.prepare_decoder(latents), points)
+
+    # ----------------------------------------------------------------- training
+    def forward(self, pyramid: list[torch.Tensor], points: torch.Tensor, tokens: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct: logits (B, Q) at ``points`` and the KL (B,) of the posterior."""
+        posterior = self.encode(pyramid, tokens)
+        return self.decode(posterior.sample(generator), points), posterior.kl()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Paper Eq. 3: BCE on occupancy + kl_weight * KL."""
+        bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        kl = kl.float().mean()
+        return {"loss": bce + self.config.kl_weight * kl, "bce": bce, "kl": kl}
+
+
+KIND = "pyramid_vae"
+
+
+def save_vae(vae: PyramidVAE, folder, extra: dict | None = None):
+    from mar3d.models.io import save_pretrained
+
+    return save_pretrained(vae, folder, KIND, extra)
+
+
+def load_vae(folder, map_location="cpu") -> PyramidVAE:
+    from mar3d.models.io import load_pretrained
+
+    return load_pretrained(PyramidVAE, VAEConfig, folder, KIND, map_location)

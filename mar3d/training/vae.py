@@ -1,0 +1,124 @@
+"""Training the Pyramid VAE: the Lightning module, its data, and ``train_vae`` used by the CLI."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from mar3d.config import from_dict, to_dict
+from mar3d.data.datasets import VAEDataset, draw_pyramid, draw_supervision
+from mar3d.data import layout
+from mar3d.evaluation.occupancy import volume_iou
+from mar3d.models.vae import PyramidVAE, VAEConfig, save_vae
+from mar3d.training.common import build_trainer, configure_adamw, last_checkpoint
+from mar3d.training.config import VAERunConfig
+from mar3d.utils import atomic
+
+RESOLVED_CONFIG = "config.yaml"
+EXPORT_DIR = "model"
+
+
+class VAEModule(L.LightningModule):
+    def __init__(self, run_config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.run_config = from_dict(VAERunConfig, run_config, "run config")
+        self.vae = PyramidVAE(self.run_config.model)
+        self.val_batches: list[dict] = []
+
+    def tokens_for_step(self, step: int) -> int:
+        """Alternate the token counts step by step, so one VAE learns every count it must emit."""
+        counts = self.run_config.model.token_counts
+        return counts[step % len(counts)]
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        tokens = self.tokens_for_step(self.global_step)
+        logits, kl = self.vae(batch["pyramid"], batch["points"], tokens)
+        losses = self.vae.loss(logits, batch["labels"], kl)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(logits))
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(logits))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        for tokens in self.run_config.model.token_counts:
+            posterior = self.vae.encode(batch["pyramid"], tokens)
+            cache = self.vae.prepare_decoder(posterior.mean)
+            for part in ("uniform", "near"):
+                logits = self.vae.query(cache, batch[f"{part}_points"])
+                iou = volume_iou(logits, batch[f"{part}_labels"]).mean()
+                self.log(f"val/iou_{part}_{tokens}", iou, batch_size=len(logits))
+
+    def configure_optimizers(self):
+        return configure_adamw(self.vae, self.run_config.train)
+
+
+def validation_items(root: Path, ids: list[str], config: VAERunConfig, seed: int = 1234) -> list[dict]:
+    """Fixed validation items: a pyramid and separate uniform / near-surface labelled points per object."""
+    rng = torch.Generator().manual_seed(seed)
+    import numpy as np
+
+    items = []
+    for item_id in ids:
+        s = layout.read_samples(root, item_id)
+        near = layout.read_meta(root, item_id)["counts"]["occupancy_near_surface"]
+        numpy_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=rng)))
+        n = min(config.data.val_points, near, len(s["occ_points"]) - near)
+        near_pick = numpy_rng.choice(near, n, replace=False)
+        uniform_pick = near + numpy_rng.choice(len(s["occ_points"]) - near, n, replace=False)
+        items.append({
+            "pyramid": draw_pyramid(s["surface_points"], s["surface_normals"], config.model.pyramid_sizes(), numpy_rng),
+            "near_points": torch.from_numpy(s["occ_points"][near_pick]),
+            "near_labels": torch.from_numpy(s["occ_labels"][near_pick].astype("float32")),
+            "uniform_points": torch.from_numpy(s["occ_points"][uniform_pick]),
+            "uniform_labels": torch.from_numpy(s["occ_labels"][uniform_pick].astype("float32")),
+        })
+    return items
+
+
+def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | Path, resume: bool = False,
+              progress_bar: bool = True, **trainer_overrides) -> Path:
+    """Train (or resume) a VAE run; returns the exported model folder ``run_dir/model``."""
+    run_dir = Path(run_dir)
+    roots = [Path(d) for d in data_dirs]
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    held_out = sorted(set(config.data.val_ids) | set(config.data.exclude_ids))
+    parts = [VAEDataset(root, exclude=held_out, pyramid=config.model.pyramid_sizes(),
+                        supervision=config.data.supervision_points, rotate=config.data.rotate) for root in roots]
+    train_set = ConcatDataset(parts)
+    train_ids = [i for part in parts for i in part.ids]
+    val_ids = config.data.val_ids or train_ids[:4]
+    val_items = [item for root in roots for item in
+                 validation_items(root, [i for i in val_ids if i in set(layout.prepared_ids(root))], config)]
+    if len(val_items) != len(val_ids):
+        raise ValueError(f"validation ids not found in {', '.join(map(str, roots))}: {val_ids}")
+    val_loader = DataLoader(val_items, batch_size=1, collate_fn=_stack)
+    train_loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=False,
+                              num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    atomic.write_bytes(run_dir / RESOLVED_CONFIG, yaml.safe_dump(to_dict(config), sort_keys=False).encode())
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    module = VAEModule(to_dict(config))
+    trainer = build_trainer(run_dir, config.train, progress_bar=progress_bar, **trainer_overrides)
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=checkpoint)
+    return save_vae(module.vae, run_dir / EXPORT_DIR,
+                    extra={"trained_steps": trainer.global_step, "train_ids": train_ids,
+                           "seconds": round(time.perf_counter() - start, 1)})
+
+
+def _stack(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        if key == "pyramid":
+            out[key] = [torch.stack(levels) for levels in zip(*(i[key] for i in items))]
+        else:
+            out[key] = torch.stack([i[key] for i in items])
+    return out

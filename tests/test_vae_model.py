@@ -1,0 +1,138 @@
+"""Pyramid VAE blocks: shapes, invariants, variants, and the model folder round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mar3d.config import ConfigError, load_config
+from mar3d.models.vae import PyramidVAE, VAEConfig, farthest_point_sample, load_vae, save_vae
+from mar3d.training.config import VAERunConfig
+
+SMALL = dict(width=64, heads=4, latent_channels=16, encoder_layers=1, decoder_layers=2)
+
+
+def real_pyramid(config: VAEConfig, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    """Nested levels of points on spheres of different radii (xyz + outward normal)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = config.pyramid_sizes()
+    normals = torch.nn.functional.normalize(torch.randn(batch, sizes[0], 3, generator=g), dim=-1)
+    radii = torch.linspace(0.4, 0.9, batch)[:, None, None]
+    top = torch.cat([normals * radii, normals], dim=-1)
+    return [top[:, :n] for n in sizes]
+
+
+@pytest.mark.parametrize("queries", ["fps", "learned"])
+def test_token_counts_and_shapes(queries):
+    config = VAEConfig(**SMALL, queries=queries, token_counts=[16, 64])
+    vae = PyramidVAE(config).eval()
+    assert config.level_sizes(64) == [1024, 256, 64] and config.level_sizes(16) == [256, 64, 16]
+    pyramid = real_pyramid(config)
+    for tokens in config.token_counts:
+        posterior = vae.encode(pyramid, tokens)
+        assert posterior.mean.shape == posterior.logvar.shape == (2, tokens, 16)
+        kl = posterior.kl()
+        assert kl.shape == (2,) and (kl >= 0).all()
+    logits, kl = vae(pyramid, torch.rand(2, 300, 3) * 2 - 1, 64)
+    assert logits.shape == (2, 300) and kl.shape == (2,)
+
+
+def test_kl_is_zero_exactly_at_the_prior():
+    from mar3d.models.vae import Posterior
+
+    assert torch.allclose(Posterior(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2)).kl(), torch.zeros(1))
+    assert (Posterior(torch.randn(3, 4, 2), torch.randn(3, 4, 2)).kl() > 0).all()
+
+
+def test_batched_encoding_and_decoding_equal_one_by_one():
+    config = VAEConfig(**SMALL, token_counts=[16, 64])
+    vae = PyramidVAE(config).eval()
+    pyramid, points = real_pyramid(config, batch=3), torch.rand(3, 500, 3) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(pyramid, 64).mean
+        together = vae.decode(latents, points)
+        for i in range(3):
+            alone = vae.encode([level[i:i + 1] for level in pyramid], 64).mean
+            assert torch.allclose(alone, latents[i:i + 1], atol=1e-5)
+            assert torch.allclose(vae.decode(alone, points[i:i + 1]), together[i:i + 1], atol=1e-5)
+        # The per-shape cache gives the same logits chunk by chunk.
+        cache = vae.prepare_decoder(latents)
+        chunks = torch.cat([vae.query(cache, c) for c in points.split(128, dim=1)], dim=1)
+        assert torch.allclose(chunks, together, atol=1e-5)
+
+
+def test_single_level_ablation_and_any_token_count():
+    for tokens in (256, 512, 1024, 2048):
+        config = VAEConfig(**SMALL, pyramid=False, token_counts=[tokens], points_per_token=2)
+        assert config.num_levels == 1 and config.pyramid_sizes() == (2 * tokens,)
+        vae = PyramidVAE(config).eval()
+        with torch.no_grad():
+            assert vae.encode(real_pyramid(config, batch=1), tokens).mean.shape == (1, tokens, 16)
+    pyramid_config = VAEConfig(**SMALL, token_counts=[512], points_per_token=16)
+    assert pyramid_config.level_sizes(512) == [8192, 2048, 512]
+    assert len(PyramidVAE(pyramid_config).level_attn) == 3
+
+
+def test_encoding_needs_the_right_levels():
+    config = VAEConfig(**SMALL, token_counts=[16, 64])
+    with pytest.raises(ValueError, match="lacks"):
+        PyramidVAE(config).encode(real_pyramid(config)[1:], 64)
+
+
+def test_farthest_points_spread_better_than_random():
+    points = torch.rand(2, 4096, 3)
+    index = farthest_point_sample(points, 128)
+    assert all(len(set(row.tolist())) == 128 for row in index)
+
+    def coverage(picked):  # the largest distance from any point to its nearest pick
+        return torch.cdist(points, picked).min(dim=-1).values.max()
+
+    fps = torch.gather(points, 1, index[..., None].expand(-1, -1, 3))
+    assert coverage(fps) < 0.7 * coverage(points[:, :128])
+
+
+def test_model_folder_round_trip(tmp_path):
+    config = VAEConfig(**SMALL, token_counts=[16, 64])
+    vae = PyramidVAE(config).eval()
+    save_vae(vae, tmp_path / "model", extra={"note": "test"})
+    loaded = load_vae(tmp_path / "model")
+    assert loaded.config == config
+    pyramid, points = real_pyramid(config), torch.rand(2, 100, 3)
+    with torch.no_grad():
+        assert torch.equal(vae.decode(vae.encode(pyramid, 16).mean, points),
+                           loaded.decode(loaded.encode(pyramid, 16).mean, points))
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_bf16_autocast_matches_fp32_closely():
+    config = VAEConfig(**SMALL, token_counts=[16, 64])
+    vae = PyramidVAE(config).eval()
+    pyramid, points = real_pyramid(config), torch.rand(2, 400, 3) * 2 - 1
+    with torch.no_grad():
+        reference = vae.decode(vae.encode(pyramid, 64).mean, points)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = vae.decode(vae.encode(pyramid, 64).mean, points)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max() < 0.05 * reference.abs().max() + 0.05
+
+
+def test_bundled_configs_load_and_paper_size_is_release_scale():
+    for name in ("tiny", "small", "paper"):
+        load_config(name, VAERunConfig, "vae")
+    paper = load_config("paper", VAERunConfig, "vae").model
+    assert (paper.width, paper.heads, paper.encoder_layers, paper.decoder_layers) == (768, 12, 8, 16)
+    with torch.device("meta"):
+        count = sum(p.numel() for p in PyramidVAE(paper).parameters())
+    assert 150e6 < count < 250e6  # ~189 M
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": {"widht": 64}}, "unknown key 'widht' in vae.model; did you mean 'width'"),
+    ({"model": {"width": "big"}}, "vae.model.width: expected an integer"),
+    ({"model": {"width": 65, "heads": 4}}, "divisible"),
+    ({"model": {"queries": "random"}}, "must be one of"),
+    ({"train": {"lr": -1.0}}, "train.lr"),
+    ({"trian": {}}, "did you mean 'train'"),
+])
+def test_config_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(data, VAERunConfig, "vae")
