@@ -25,6 +25,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs, model)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument("--only", nargs="+", metavar="ID", help="train on these prepared ids only (data.include_ids)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for batch jobs)")
 
 
@@ -38,6 +39,8 @@ def run(args) -> int:
         raise CLIError(str(e)) from None
     if args.max_steps is not None:
         config.train.max_steps = args.max_steps
+    if args.only:
+        config.data.include_ids = list(args.only)
     for d in args.data:
         if not Path(d).is_dir():
             raise CLIError(f"{d}: no such prepared directory (run `mar3d prepare ... --out {d}` first)")

@@ -39,6 +39,7 @@ class TrainConfig:
 class VAEDataConfig:
     supervision_points: int = 20480  # paper
     rotate: bool = True  # rotation augmentation by the stored view rotations
+    include_ids: list[str] = field(default_factory=list)  # train on these only (empty: every prepared item)
     val_ids: list[str] = field(default_factory=list)  # held out from training, used for validation IoU
     exclude_ids: list[str] = field(default_factory=list)  # held out from everything (evaluation)
     val_points: int = 100_000  # uniform + near-surface points per validation object

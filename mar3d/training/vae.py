@@ -85,8 +85,16 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     roots = [Path(d) for d in data_dirs]
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     held_out = sorted(set(config.data.val_ids) | set(config.data.exclude_ids))
-    parts = [VAEDataset(root, exclude=held_out, pyramid=config.model.pyramid_sizes(),
-                        supervision=config.data.supervision_points, rotate=config.data.rotate) for root in roots]
+    parts = []
+    for root in roots:
+        available = set(layout.prepared_ids(root))
+        ids = [i for i in config.data.include_ids if i in available] if config.data.include_ids else None
+        if ids == []:
+            continue
+        parts.append(VAEDataset(root, ids=ids, exclude=held_out, pyramid=config.model.pyramid_sizes(),
+                                supervision=config.data.supervision_points, rotate=config.data.rotate))
+    if not parts:
+        raise ValueError(f"none of data.include_ids is prepared in {', '.join(map(str, roots))}")
     train_set = ConcatDataset(parts)
     train_ids = [i for part in parts for i in part.ids]
     val_ids = config.data.val_ids or train_ids[:4]

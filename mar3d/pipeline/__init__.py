@@ -1,0 +1,1 @@
+"""Inference pipelines: compositions of trained models that never train."""
