@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from conftest import HOLEY_CLASSIC, TEST_SETTINGS, WATERTIGHT_YCB
+from conftest import HOLEY_CLASSIC, TEST_SETTINGS, WATERTIGHT_YCB, classic, ycb
 from mar3d.data import layout
 
 
@@ -22,14 +22,28 @@ def project_with_stored_camera(points_view: np.ndarray, view: dict) -> np.ndarra
     return np.stack([K[0, 0] * x / depth + K[0, 2], K[1, 1] * y / depth + K[1, 2]], axis=1)
 
 
+@pytest.fixture(scope="module")
+def prepared_antialiased(tmp_path_factory):
+    from mar3d.data.batch import run_batch
+    from mar3d.data.prepare import PrepareSettings
+
+    out = tmp_path_factory.mktemp("antialiased")
+    inputs = [str(ycb(n)) for n in WATERTIGHT_YCB[:3]] + [str(classic(HOLEY_CLASSIC[0]))]
+    settings = dict(TEST_SETTINGS, surface_samples=20_000, occupancy_samples=1000, antialias=True)
+    assert run_batch(inputs, out, PrepareSettings(**settings)).failed == 0
+    return out
+
+
+@pytest.mark.parametrize("antialias", [False, True])
 @pytest.mark.parametrize("item_id", WATERTIGHT_YCB[:3] + HOLEY_CLASSIC[:1])
-def test_projected_surface_points_land_in_the_alpha_mask(prepared, item_id):
-    document = json.loads((prepared / item_id / layout.VIEWS_JSON).read_text())
+def test_projected_surface_points_land_in_the_alpha_mask(request, antialias, item_id):
+    root = request.getfixturevalue("prepared_antialiased" if antialias else "prepared")
+    document = json.loads((root / item_id / layout.VIEWS_JSON).read_text())
     views = document["views"]
     assert len(views) == TEST_SETTINGS["views"]
-    points = layout.read_samples(prepared, item_id)["surface_points"][:20_000].astype(np.float64)
+    points = layout.read_samples(root, item_id)["surface_points"][:20_000].astype(np.float64)
     for view in views[:: max(1, len(views) // 6)]:  # upright and randomly rotated views
-        rgba = np.asarray(Image.open(prepared / item_id / view["file"]))
+        rgba = np.asarray(Image.open(root / item_id / view["file"]))
         assert rgba.shape == (TEST_SETTINGS["resolution"],) * 2 + (4,)
         mask = rgba[..., 3] > 0
         assert 0.02 < mask.mean() < 0.9  # the object is there and framed, not cropped
@@ -38,9 +52,11 @@ def test_projected_surface_points_land_in_the_alpha_mask(prepared, item_id):
         in_image = (col >= 0) & (col < mask.shape[1]) & (row >= 0) & (row < mask.shape[0])
         assert in_image.all(), "normalized meshes always fit the view"
         hit = mask[row, col].mean()
-        assert hit >= 0.98, (view["file"], hit)
-        # The misses are rim points whose pixel centre the rasterizer left uncovered: within one pixel.
-        assert ndimage.binary_dilation(mask)[row, col].all()
+        # Coverage alpha (antialias) marks every pixel the surface touches. The default aliased mask
+        # marks pixels whose centre the surface covers, so silhouette-rim points (dense at grazing
+        # angles: up to ~3.5% of points on a thin banana) fall one pixel outside it.
+        assert hit >= (0.98 if antialias else 0.95), (view["file"], hit)
+        assert ndimage.binary_dilation(mask)[row, col].all()  # every miss is a rim pixel
 
 
 def test_views_record_the_documented_fields(prepared):

@@ -31,6 +31,7 @@ class PrepareSettings:
     seed: int = 0
     up_axis: str = "y"
     plain_colour: str = "grey"  # "grey" or "random" (a seeded random colour per mesh)
+    antialias: bool = False  # 4x MSAA with coverage alpha: smoother silhouettes, ~4x render time on a CPU
     max_faces: int = DEFAULT_MAX_FACES
 
     def validate(self) -> None:
@@ -112,7 +113,7 @@ def prepare_item(source: str | Path, item_id: str, out_dir: str | Path, settings
         c2w = cameras.camera_to_world()
         records = []
         with ViewRenderer(mesh.parts, normalization_matrix(center, scale), settings.resolution,
-                          colour or PLAIN_GREY) as renderer:
+                          colour or PLAIN_GREY, antialias=settings.antialias) as renderer:
             for j, view in enumerate(views):
                 name = f"{layout.VIEWS_DIR}/{j:03d}.png"
                 atomic.write_bytes(out / name, _png_bytes(renderer.render(view["rotation"])))

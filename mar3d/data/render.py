@@ -52,8 +52,9 @@ class ViewRenderer:
     """
 
     def __init__(self, parts: list[trimesh.Trimesh], normalize: np.ndarray, resolution: int,
-                 plain_colour=PLAIN_GREY):
+                 plain_colour=PLAIN_GREY, antialias: bool = False):
         self.resolution = resolution
+        self.antialias = antialias
         self.normalize = normalize
         self.scene = pyrender.Scene(bg_color=[0, 0, 0, 0], ambient_light=[AMBIENT] * 3)
         self.nodes = []
@@ -69,10 +70,12 @@ class ViewRenderer:
         self.scene.add(pyrender.DirectionalLight(intensity=KEY_LIGHT), pose=_light_pose(np.array([0.0, 0.0, 1.0])))
         self.scene.add(pyrender.DirectionalLight(intensity=FILL_LIGHT), pose=_light_pose(np.array([-0.3, 1.0, 0.3])))
         self.renderer = pyrender.OffscreenRenderer(resolution, resolution)
-        # pyrender assumes OSMesa has no framebuffer objects and reads the aliased default buffer (RGB
-        # only). Mesa's llvmpipe does support them: rendering into pyrender's 4x MSAA framebuffer gives
-        # antialiased colour and a coverage alpha, so silhouette pixels are partly opaque, not dropped.
-        self.renderer._platform.supports_framebuffers = lambda: True
+        if antialias:
+            # pyrender assumes OSMesa has no framebuffer objects and reads the aliased default buffer (RGB
+            # only). Mesa's llvmpipe does support them: pyrender's 4x MSAA framebuffer gives antialiased
+            # colour and a coverage alpha. It costs ~4x the render time on a CPU, and training images are
+            # downsampled (512 -> 224) anyway, so it is opt-in.
+            self.renderer._platform.supports_framebuffers = lambda: True
 
     def __enter__(self) -> "ViewRenderer":
         return self
@@ -86,13 +89,21 @@ class ViewRenderer:
             self.renderer = None
 
     def render(self, rotation: np.ndarray) -> np.ndarray:
-        """(H, W, 4) uint8 RGBA image (straight alpha = pixel coverage) of the mesh rotated by ``rotation`` (3, 3)."""
+        """(H, W, 4) uint8 RGBA image of the mesh rotated by ``rotation`` (3, 3).
+
+        Alpha is 255 where a pixel centre sees the mesh, or the pixel's coverage with ``antialias``.
+        """
         pose = np.eye(4)
         pose[:3, :3] = rotation
         pose = pose @ self.normalize
         for node in self.nodes:
             self.scene.set_pose(node, pose)
         colour, depth = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        if not self.antialias:  # OSMesa's default buffer has no alpha: coverage is where depth was written
+            alpha = np.where(depth > 0, 255, 0).astype(np.uint8)
+            rgba = np.concatenate([colour[..., :3], alpha[..., None]], axis=-1)
+            rgba[alpha == 0, :3] = 0
+            return rgba
         rgba = np.array(colour)
         # The resolve averages the object's colour with the black clear colour (premultiplied);
         # PNG stores straight alpha, so divide the coverage back out of edge pixels.

@@ -1,0 +1,131 @@
+"""A real tiny VAE trained on real YCB scans through the CLI: fit, reconstruction, extraction, resume."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import igl
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from conftest import WATERTIGHT_YCB
+from mar3d.data import layout
+from mar3d.evaluation.occupancy import volume_iou
+from mar3d.models.vae import load_vae
+from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, samples_from_prepared
+from mar3d.training.logs import read_scalars
+from test_samples import normalized_geometry
+
+STEPS = 600
+
+
+def mar3d(*args, check=0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "mar3d", *map(str, args)], capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(prepared, tmp_path_factory):
+    """`mar3d train vae --config tiny` on the four watertight scans of the shared prepared fixture."""
+    run = tmp_path_factory.mktemp("vae") / "run"
+    mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", run, "--no-progress",
+          "--max-steps", STEPS, "--only", *WATERTIGHT_YCB)
+    return run
+
+
+def chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, count: int = 20_000) -> float:
+    """EVAL.md's CD: mean of the two mean nearest-surface distances (points of one to the other's surface)."""
+    pa, pb = a.sample(count, seed=0), b.sample(count, seed=1)
+    da = np.sqrt(igl.point_mesh_squared_distance(pa, b.vertices, b.faces)[0]).mean()
+    db = np.sqrt(igl.point_mesh_squared_distance(pb, a.vertices, a.faces)[0]).mean()
+    return 0.5 * (da + db)
+
+
+def test_training_run_writes_checkpoints_logs_config_and_model(tiny_run):
+    assert (tiny_run / "config.yaml").exists()
+    assert (tiny_run / "checkpoints" / "last.ckpt").exists()
+    assert not list(tiny_run.rglob("*.tmp-*"))
+    scalars = read_scalars(tiny_run)
+    for tag in ("train/loss", "train/bce", "train/kl", "val/iou_uniform_128", "val/iou_near_32"):
+        assert tag in scalars, sorted(scalars)
+    bce = [v for _, v in scalars["train/bce"]]
+    assert np.mean(bce[-5:]) < 0.5 * np.mean(bce[:3])  # it learned
+    vae = load_vae(tiny_run / "model")
+    assert vae.config.token_counts == [32, 128]
+
+
+def test_tiny_vae_learns_the_real_scans(tiny_run, prepared):
+    """600 CPU steps of the tiny config: the posterior mean decodes the scans' volume.
+
+    Measured: uniform-point IoU about 0.93 for both token counts; the 1/4 near-surface points (within
+    sigma = 0.005 / 0.02 of the surface) are the hard part (IoU about 0.65). Issue 3's target of IoU >= 0.90
+    on the mixed supervision points is not met by this budget yet (see docs/vae.md).
+    """
+    vae = load_vae(tiny_run / "model")
+    near = layout.read_meta(prepared, WATERTIGHT_YCB[0])["counts"]["occupancy_near_surface"]
+    for item_id in WATERTIGHT_YCB:
+        shape = samples_from_prepared(prepared, item_id)
+        points, labels = (torch.from_numpy(a[near:][::5]) for a in shape.occupancy)  # uniform part
+        for tokens in vae.config.token_counts:
+            latents = encode_shapes(vae, [shape], tokens)
+            iou = volume_iou(query_latents(vae, latents, points[None]), labels[None].float())
+            assert iou.item() >= 0.85, (item_id, tokens, iou)
+
+
+def test_reconstructed_meshes_match_the_scans(tiny_run, prepared, tmp_path):
+    out = tmp_path / "meshes"
+    result = mar3d("reconstruct", *[prepared / i for i in WATERTIGHT_YCB], "--vae", tiny_run, "--out", out,
+                   "--resolution", "128", "--normalized")
+    assert "volume IoU" in result.stdout and "4 ok, 0 failed" in result.stdout
+    for item_id in WATERTIGHT_YCB:
+        mesh = trimesh.load(out / f"{item_id}.glb", force="mesh")
+        # Bound: a 128^3 grid over 2.1 units has 0.016-unit cells; a fit at IoU >= 0.9 misplaces the
+        # surface by about a cell. 0.03 is 1.6% of the shape's 1.9-unit diameter.
+        assert chamfer(mesh, normalized_geometry(prepared, item_id)) < 0.03
+
+
+def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, prepared):
+    vae = load_vae(tiny_run / "model")
+    shapes = [samples_from_prepared(prepared, i) for i in WATERTIGHT_YCB[:2]]
+    latents = encode_shapes(vae, shapes, tokens=128)
+    from mar3d.mesh.grid import decode_grid
+    from mar3d.pipeline.reconstruct import query_latents
+
+    def logits_fn(points):
+        return query_latents(vae, latents, points)
+
+    dense = decode_grid(logits_fn, 2, 128, "dense")
+    fast = decode_grid(logits_fn, 2, 128, "hierarchical")
+    for d, h in zip(dense.values, fast.values):
+        assert ((d > 0) == (h > 0)).float().mean() >= 0.999
+    assert sum(fast.queries) * 4 < sum(dense.queries)
+    meshes_dense = latents_to_meshes(vae, latents, 128, "dense", postprocess=None)
+    meshes_fast = latents_to_meshes(vae, latents, 128, "hierarchical", postprocess=None)
+    for a, b in zip(meshes_dense, meshes_fast):
+        assert chamfer(a.mesh, b.mesh) < 0.002
+
+
+def test_resume_continues_the_run(tiny_run, prepared, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", run, "--no-progress",
+          "--max-steps", STEPS + 20, "--only", *WATERTIGHT_YCB, "--resume")
+    assert load_vae(run / "model").config == load_vae(tiny_run / "model").config
+    import json
+
+    assert json.loads((run / "model" / "config.json").read_text())["trained_steps"] == STEPS + 20
+
+
+def test_training_refuses_to_overwrite_a_run_and_names_bad_configs(tiny_run, prepared, tmp_path):
+    again = mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", tiny_run, check=2)
+    assert "--resume" in again.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  widht: 64\n")
+    result = mar3d("train", "vae", "--config", bad, "--data", prepared, "--out", tmp_path / "r", check=2)
+    assert "unknown key 'widht'" in result.stderr and "Traceback" not in result.stderr
