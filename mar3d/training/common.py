@@ -1,8 +1,10 @@
 """What every training stage shares: optimizer groups, the LR schedule, atomic checkpoints, the Trainer."""
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -57,8 +59,17 @@ class AtomicCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
 
+def quiet_lightning() -> None:
+    """Keep the terminal for our progress and errors: no hardware banners, tips, or advice that does not apply."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for message in (".*smaller than the logging interval.*", ".*does not have many workers.*",
+                    ".*LeafSpec.*", ".*treespec.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def build_trainer(run_dir: Path, config: TrainConfig, progress_bar: bool = True, **overrides) -> L.Trainer:
     """A Trainer that logs to TensorBoard in ``run_dir`` and checkpoints to ``run_dir/checkpoints``."""
+    quiet_lightning()
     checkpoint = AtomicCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="step-{step}",
                                   every_n_train_steps=config.checkpoint_every, save_last=True,
                                   save_top_k=-1, auto_insert_metric_name=False)
