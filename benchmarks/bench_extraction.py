@@ -32,7 +32,6 @@ import platform
 import time
 from pathlib import Path
 
-import igl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ import trimesh
 from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import DECODE_BOX, normalization
 from mar3d.data.sampling import winding_numbers
+from mar3d.evaluation.surface import surface_distances
 from mar3d.mesh import PostprocessOptions, decode_grid, grid_to_mesh, postprocess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,12 +105,7 @@ def extract(logits_fn, mode: str, resolution: int) -> dict:
 
 def mesh_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, count: int = 50_000) -> tuple[float, float]:
     """Mean and max distance from surface samples of each mesh to the other's surface, both ways."""
-    distances = []
-    for source, target in ((a, b), (b, a)):
-        points = trimesh.sample.sample_surface(source, count, seed=0)[0]
-        squared, _, _ = igl.point_mesh_squared_distance(points, target.vertices, target.faces)
-        distances.append(np.sqrt(squared))
-    d = np.concatenate(distances)
+    d = np.concatenate(surface_distances(a, b, count))
     return float(d.mean()), float(d.max())
 
 

@@ -9,7 +9,8 @@ from conftest import TEST_SETTINGS, WATERTIGHT_YCB
 from mar3d.data import layout
 from mar3d.data.datasets import DEFAULT_PYRAMID, MARDataset, VAEDataset
 from mar3d.data.sampling import inside_labels
-from test_samples import distance_to_mesh, normalized_geometry
+from mar3d.evaluation.surface import point_to_surface
+from test_samples import normalized_geometry
 from test_views import project_with_stored_camera
 
 SMALL_PYRAMID = (16384, 4096, 1024, 256)
@@ -28,7 +29,7 @@ def test_vae_item_is_a_nested_pyramid_with_supervision(prepared):
     assert all(stored[tuple(p)] == l for p, l in zip(item["points"][:500].tolist(), item["labels"][:500].tolist()))
     # 1/4 near-surface: those points sit close to the surface, the uniform rest mostly does not.
     mesh = normalized_geometry(prepared, item["id"])
-    distance = distance_to_mesh(mesh, item["points"].numpy())
+    distance = point_to_surface(item["points"].numpy(), mesh)
     assert np.median(distance[:5120]) < 0.02 < np.median(distance[5120:])
 
 
@@ -43,7 +44,7 @@ def test_vae_rotation_augmentation_keeps_geometry_and_labels(prepared):
     rotated = mesh.copy()
     rotated.vertices = mesh.vertices @ rotation.T
     surface = item["pyramid"][1].numpy().astype(np.float64)
-    assert distance_to_mesh(rotated, surface[:, :3]).max() < 1e-5
+    assert point_to_surface(surface[:, :3], rotated).max() < 1e-5
     probe = surface[:, :3] + 0.01 * surface[:, 3:]  # rotated normals still point outward
     assert inside_labels(rotated.vertices, rotated.faces, probe).mean() < 0.02
     labels = inside_labels(rotated.vertices, rotated.faces, item["points"].numpy().astype(np.float64))

@@ -1,7 +1,6 @@
 """Mesh extraction on real fields: analytic SDFs, and the winding-number occupancy of YCB scans."""
 from __future__ import annotations
 
-import igl
 import numpy as np
 import pytest
 import torch
@@ -11,6 +10,7 @@ from conftest import ycb
 from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import DECODE_BOX, normalization
 from mar3d.data.sampling import winding_numbers
+from mar3d.evaluation.surface import surface_distances
 from mar3d.mesh import PostprocessOptions, decode_grid, extract_meshes, grid_coordinates, grid_to_mesh, postprocess
 
 SDF_SCALE = 50.0  # logits per unit of signed distance: |logit| < band (1) is a shell of +-0.02
@@ -66,12 +66,7 @@ def winding_field(name: str):
 
 def chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, count=20_000) -> tuple[float, float]:
     """Mean and max distance from surface samples of each mesh to the other's surface (both ways)."""
-    distances = []
-    for source, target in ((a, b), (b, a)):
-        points = trimesh.sample.sample_surface(source, count, seed=0)[0]
-        squared, _, _ = igl.point_mesh_squared_distance(points, target.vertices, target.faces)
-        distances.append(np.sqrt(squared))
-    d = np.concatenate(distances)
+    d = np.concatenate(surface_distances(a, b, count))
     return float(d.mean()), float(d.max())
 
 

@@ -1,7 +1,6 @@
 """The stored samples are correct: on the surface, outward normals, inside labels a second method agrees with."""
 from __future__ import annotations
 
-import igl
 import numpy as np
 import pytest
 import trimesh
@@ -11,11 +10,7 @@ from mar3d.data import layout
 from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import DECODE_BOX
 from mar3d.data.sampling import inside_labels
-
-
-def distance_to_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    squared, _, _ = igl.point_mesh_squared_distance(points.astype(np.float64), mesh.vertices, mesh.faces)
-    return np.sqrt(squared)
+from mar3d.evaluation.surface import point_to_surface
 
 
 def normalized_geometry(root, item_id) -> trimesh.Trimesh:
@@ -54,7 +49,7 @@ def test_surface_points_lie_on_the_mesh_with_outward_normals(prepared, item_id):
     assert s["surface_points"].dtype == np.float32
     pick = np.random.default_rng(1).choice(len(s["surface_points"]), 2000, replace=False)
     points, normals = s["surface_points"][pick].astype(np.float64), s["surface_normals"][pick].astype(np.float64)
-    distance = distance_to_mesh(mesh, points)
+    distance = point_to_surface(points, mesh)
     assert distance.max() < 1e-5  # float32 storage of coordinates below 1 rounds at ~6e-8
     assert np.allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-5)
     # Outward: a step along the normal leaves the solid, a step against it enters (for most points;
@@ -99,6 +94,6 @@ def test_occupancy_pool_layout(prepared):
     # Near-surface points are within a few sigma of the surface; both noise scales are present.
     mesh = normalized_geometry(prepared, item_id)
     pick = np.random.default_rng(2).choice(near, 2000, replace=False)
-    distance = distance_to_mesh(mesh, s["occ_points"][pick])
+    distance = point_to_surface(s["occ_points"][pick], mesh)
     assert np.percentile(distance, 99) < 0.1
     assert 0.003 < np.median(distance) < 0.02

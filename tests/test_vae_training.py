@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import igl
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ import trimesh
 from conftest import WATERTIGHT_YCB
 from mar3d.data import layout
 from mar3d.evaluation.occupancy import volume_iou
+from mar3d.evaluation.surface import chamfer_distance
 from mar3d.models.vae import load_vae
 from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, samples_from_prepared
 from mar3d.training.logs import read_scalars
@@ -35,14 +35,6 @@ def tiny_run(prepared, tmp_path_factory):
     mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", run, "--no-progress",
           "--max-steps", STEPS, "--only", *WATERTIGHT_YCB)
     return run
-
-
-def chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, count: int = 20_000) -> float:
-    """EVAL.md's CD: mean of the two mean nearest-surface distances (points of one to the other's surface)."""
-    pa, pb = a.sample(count, seed=0), b.sample(count, seed=1)
-    da = np.sqrt(igl.point_mesh_squared_distance(pa, b.vertices, b.faces)[0]).mean()
-    db = np.sqrt(igl.point_mesh_squared_distance(pb, a.vertices, a.faces)[0]).mean()
-    return 0.5 * (da + db)
 
 
 def test_training_run_writes_checkpoints_logs_config_and_model(tiny_run):
@@ -85,7 +77,7 @@ def test_reconstructed_meshes_match_the_scans(tiny_run, prepared, tmp_path):
         mesh = trimesh.load(out / f"{item_id}.glb", force="mesh")
         # Bound: a 128^3 grid over 2.1 units has 0.016-unit cells; a fit at IoU >= 0.9 misplaces the
         # surface by about a cell. 0.03 is 1.6% of the shape's 1.9-unit diameter.
-        assert chamfer(mesh, normalized_geometry(prepared, item_id)) < 0.03
+        assert chamfer_distance(mesh, normalized_geometry(prepared, item_id)) < 0.03
 
 
 def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, prepared):
@@ -106,7 +98,7 @@ def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, pr
     meshes_dense = latents_to_meshes(vae, latents, 128, "dense", postprocess=None)
     meshes_fast = latents_to_meshes(vae, latents, 128, "hierarchical", postprocess=None)
     for a, b in zip(meshes_dense, meshes_fast):
-        assert chamfer(a.mesh, b.mesh) < 0.002
+        assert chamfer_distance(a.mesh, b.mesh) < 0.002
 
 
 def test_resume_continues_the_run(tiny_run, prepared, tmp_path):

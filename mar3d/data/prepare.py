@@ -71,8 +71,9 @@ def is_finished(out_dir: Path, item_id: str, settings: PrepareSettings) -> bool:
 
 def _png_bytes(rgba: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    # Level 1: several times faster than the default for ~10% larger files.
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1)
+    # zlib level 1 with the run-length strategy (3): renders are mostly flat background, so this is
+    # ~6x faster than Pillow's default and the files are smaller than level 1's default strategy.
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=1, compress_type=3)
     return buf.getvalue()
 
 

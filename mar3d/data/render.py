@@ -100,9 +100,9 @@ class ViewRenderer:
             self.scene.set_pose(node, pose)
         colour, depth = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
         if not self.antialias:  # OSMesa's default buffer has no alpha: coverage is where depth was written
-            alpha = np.where(depth > 0, 255, 0).astype(np.uint8)
-            rgba = np.concatenate([colour[..., :3], alpha[..., None]], axis=-1)
-            rgba[alpha == 0, :3] = 0
+            rgba = np.empty(colour.shape[:2] + (4,), dtype=np.uint8)
+            rgba[..., :3] = colour[..., :3]  # the background is cleared to black already
+            np.multiply(depth > 0, 255, out=rgba[..., 3], casting="unsafe")
             return rgba
         rgba = np.array(colour)
         # The resolve averages the object's colour with the black clear colour (premultiplied);

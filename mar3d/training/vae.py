@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import from_dict, to_dict
-from mar3d.data.datasets import VAEDataset, draw_pyramid, draw_supervision
+from mar3d.data.datasets import VAEDataset, draw_pyramid
 from mar3d.data import layout
 from mar3d.evaluation.occupancy import volume_iou
-from mar3d.models.vae import PyramidVAE, VAEConfig, save_vae
+from mar3d.models.vae import PyramidVAE, save_vae
 from mar3d.training.common import build_trainer, configure_adamw, last_checkpoint
 from mar3d.training.config import VAERunConfig
 from mar3d.utils import atomic
