@@ -5,7 +5,9 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+import yaml
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import from_dict, to_dict
@@ -27,7 +29,6 @@ class VAEModule(L.LightningModule):
         self.save_hyperparameters()
         self.run_config = from_dict(VAERunConfig, run_config, "run config")
         self.vae = PyramidVAE(self.run_config.model)
-        self.val_batches: list[dict] = []
 
     def tokens_for_step(self, step: int) -> int:
         """Alternate the token counts step by step, so one VAE learns every count it must emit."""
@@ -58,8 +59,6 @@ class VAEModule(L.LightningModule):
 def validation_items(root: Path, ids: list[str], config: VAERunConfig, seed: int = 1234) -> list[dict]:
     """Fixed validation items: a pyramid and separate uniform / near-surface labelled points per object."""
     rng = torch.Generator().manual_seed(seed)
-    import numpy as np
-
     items = []
     for item_id in ids:
         s = layout.read_samples(root, item_id)
@@ -107,8 +106,6 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
                               num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     atomic.write_bytes(run_dir / RESOLVED_CONFIG, yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     checkpoint = last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
