@@ -4,6 +4,7 @@ A bad input never stops the run: it is recorded as failed with its reason and th
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import glob
 import hashlib
@@ -48,7 +49,7 @@ def discover_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
 def assign_ids(files: list[Path]) -> list[str]:
     """The file stem, made unique with a short path hash where two inputs share a stem."""
     stems = [f.stem for f in files]
-    counts = {s: stems.count(s) for s in set(stems)}
+    counts = collections.Counter(stems)
     return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(f).encode()).hexdigest()[:8]}"
             for s, f in zip(stems, files)]
 

@@ -86,8 +86,10 @@ class _PreparedItems(Dataset):
             missing = sorted(set(ids) - set(available))
             if missing:
                 raise ValueError(f"{self.root}: not prepared (or failed): {', '.join(missing[:10])}")
-            available = [i for i in available if i in set(ids)]
-        self.ids = [i for i in available if i not in set(exclude)]
+            wanted = set(ids)
+            available = [i for i in available if i in wanted]
+        excluded = set(exclude)
+        self.ids = [i for i in available if i not in excluded]
         if not self.ids:
             raise ValueError(f"{self.root}: no prepared items to use")
         self._near_count = {}

@@ -84,10 +84,10 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     roots = [Path(d) for d in data_dirs]
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     held_out = sorted(set(config.data.val_ids) | set(config.data.exclude_ids))
+    available = {root: set(layout.prepared_ids(root)) for root in roots}  # one directory scan per root
     parts = []
     for root in roots:
-        available = set(layout.prepared_ids(root))
-        ids = [i for i in config.data.include_ids if i in available] if config.data.include_ids else None
+        ids = [i for i in config.data.include_ids if i in available[root]] if config.data.include_ids else None
         if ids == []:
             continue
         parts.append(VAEDataset(root, ids=ids, exclude=held_out, pyramid=config.model.pyramid_sizes(),
@@ -98,7 +98,7 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     train_ids = [i for part in parts for i in part.ids]
     val_ids = config.data.val_ids or train_ids[:4]
     val_items = [item for root in roots for item in
-                 validation_items(root, [i for i in val_ids if i in set(layout.prepared_ids(root))], config)]
+                 validation_items(root, [i for i in val_ids if i in available[root]], config)]
     if len(val_items) != len(val_ids):
         raise ValueError(f"validation ids not found in {', '.join(map(str, roots))}: {val_ids}")
     val_loader = DataLoader(val_items, batch_size=1, collate_fn=_stack)
