@@ -5,13 +5,14 @@ import argparse
 import sys
 
 from mar3d import __version__
-from mar3d.cli import prepare, reconstruct, train
+from mar3d.cli import cache_latents, prepare, reconstruct, train
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
     "prepare": prepare,
     "train": train,
     "reconstruct": reconstruct,
+    "cache-latents": cache_latents,
 }
 
 

@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mar3d.cli.common import load_vae_arg
 from mar3d.cli.errors import CLIError
 
 FORMATS = ("glb", "obj", "ply", "stl")
@@ -59,17 +60,10 @@ def run(args) -> int:
 
     from mar3d.data.mesh_io import MeshError
     from mar3d.evaluation.occupancy import volume_iou
-    from mar3d.models.vae import load_vae
     from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, to_source_frame
     from mar3d.utils import atomic
 
-    model_dir = Path(args.vae)
-    if (model_dir / "model" / "config.json").exists():
-        model_dir = model_dir / "model"
-    try:
-        vae = load_vae(model_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise CLIError(f"--vae {args.vae}: {e}") from None
+    vae = load_vae_arg(args.vae)
     tokens = args.tokens or max(vae.config.token_counts)
     if vae.config.queries == "learned" and tokens not in vae.config.token_counts:
         raise CLIError(f"this VAE has learned queries for {vae.config.token_counts} tokens only")

@@ -7,17 +7,19 @@ from pathlib import Path
 from mar3d.cli.errors import CLIError
 from mar3d.config import ConfigError, load_config
 
-STAGES = ("vae",)
+STAGES = ("vae", "mar-lr", "mar-hr")
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
-        name, help="train a stage (vae) from a config on prepared data",
+        name, help="train a stage (vae, mar-lr, mar-hr) from a config on prepared data",
         description=(
             "Train one stage of MAR-3D with PyTorch Lightning (bf16 autocast, AdamW, warm-up then cosine "
             "decay, periodic atomic checkpoints, TensorBoard logs in RUN_DIR/logs). The resolved config is "
             "written to RUN_DIR/config.yaml and the final weights to RUN_DIR/model (config.json + "
-            "model.safetensors). CONFIG is a YAML file or a bundled name: tiny, small, paper."),
+            "model.safetensors; EMA weights). CONFIG is a YAML file or a bundled name: tiny, small, paper (the vae "
+            "configs for vae, the mar configs for mar-lr and mar-hr). The MAR stages model the latents of a "
+            "trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--config", required=True, help="YAML config file or bundled name (tiny, small, paper)")
@@ -26,30 +28,55 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--only", nargs="+", metavar="ID", help="train on these prepared ids only (data.include_ids)")
+    p.add_argument("--vae", metavar="RUN_OR_MODEL_DIR", help="mar-lr / mar-hr: the trained VAE")
+    p.add_argument("--latents", metavar="CACHE_DIR", help="mar-lr / mar-hr: latents from `mar3d cache-latents`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for batch jobs)")
 
 
-def run(args) -> int:
+def _load(args):
+    """The run config of the stage, with the command line's overrides applied."""
     from mar3d.training.config import VAERunConfig
-    from mar3d.training.vae import train_vae
+    from mar3d.training.mar import MARRunConfig
 
+    is_vae = args.stage == "vae"
     try:
-        config = load_config(args.config, VAERunConfig, args.stage)
+        config = load_config(args.config, VAERunConfig if is_vae else MARRunConfig, "vae" if is_vae else "mar")
     except ConfigError as e:
         raise CLIError(str(e)) from None
     if args.max_steps is not None:
         config.train.max_steps = args.max_steps
     if args.only:
         config.data.include_ids = list(args.only)
+    if is_vae:
+        if args.vae or args.latents:
+            raise CLIError("--vae and --latents belong to the mar-lr / mar-hr stages")
+        return config
+    from mar3d.models.io import model_folder
+
+    if not args.vae:
+        raise CLIError(f"{args.stage} needs --vae: the trained VAE whose latents it models")
+    config.vae = str(model_folder(args.vae).resolve())
+    if args.latents:
+        config.latents = str(Path(args.latents).resolve())
+    config.model.stage = args.stage.removeprefix("mar-")
+    return config
+
+
+def run(args) -> int:
+    config = _load(args)
     for d in args.data:
         if not Path(d).is_dir():
             raise CLIError(f"{d}: no such prepared directory (run `mar3d prepare ... --out {d}` first)")
     run_dir = Path(args.out)
     if not args.resume and (run_dir / "checkpoints").exists():
         raise CLIError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if args.stage == "vae":
+        from mar3d.training.vae import train_vae as train
+    else:
+        from mar3d.training.mar import train_mar as train
     try:
-        model_dir = train_vae(config, args.data, run_dir, resume=args.resume, progress_bar=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+        model_dir = train(config, args.data, run_dir, resume=args.resume, progress_bar=not args.no_progress)
+    except (ValueError, FileNotFoundError, KeyError) as e:
         raise CLIError(str(e)) from None
     print(f"trained {args.stage}: model -> {model_dir}")
     return 0

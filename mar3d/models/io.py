@@ -17,6 +17,7 @@ from mar3d.utils import atomic
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+RUN_EXPORT_DIR = "model"  # a training run exports its final (EMA) weights to RUN/model
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -48,3 +49,11 @@ def load_pretrained(model_cls: type[M], config_cls, folder: str | Path, kind: st
     model = model_cls(from_dict(config_cls, document["config"], f"{folder / CONFIG_FILE}"))
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)))
     return model.eval()
+
+
+def model_folder(path: str | Path) -> Path:
+    """A training run folder -> its exported ``model/``; a model folder -> itself."""
+    path = Path(path)
+    if (path / RUN_EXPORT_DIR / CONFIG_FILE).exists():
+        return path / RUN_EXPORT_DIR
+    return path

@@ -16,6 +16,7 @@ from torch import nn
 from mar3d.training.config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
+RESOLVED_CONFIG = "config.yaml"  # every run writes the config it resolved next to its checkpoints
 LAST = "last.ckpt"
 
 
@@ -91,3 +92,21 @@ def build_trainer(run_dir: Path, config: TrainConfig, progress_bar: bool = True,
 def last_checkpoint(run_dir: Path) -> Path | None:
     path = Path(run_dir) / CHECKPOINT_DIR / LAST
     return path if path.exists() else None
+
+
+def fit(module: L.LightningModule, train_loader, val_loader, run_dir: Path, run_config, resume: bool = False,
+        progress_bar: bool = True, **trainer_overrides) -> L.Trainer:
+    """Write the resolved config, then train ``module`` (from ``last.ckpt`` with ``resume``)."""
+    import yaml
+
+    from mar3d.config import to_dict
+    from mar3d.utils import atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(run_dir / RESOLVED_CONFIG, yaml.safe_dump(to_dict(run_config), sort_keys=False).encode())
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: nothing to resume (no {CHECKPOINT_DIR}/{LAST})")
+    trainer = build_trainer(run_dir, run_config.train, progress_bar=progress_bar, **trainer_overrides)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=checkpoint)
+    return trainer

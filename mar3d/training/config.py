@@ -18,6 +18,7 @@ class TrainConfig:
     weight_decay: float = 0.02
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 3.0
+    ema_decay: float = 0.999  # EMA of the weights, used for validation and export (0: off)
     precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
     checkpoint_every: int = 1000
     val_every: int = 500
@@ -31,6 +32,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("train.ema_decay must be in [0, 1)")
         if len(self.betas) != 2:
             raise ConfigError("train.betas must have two values")
 

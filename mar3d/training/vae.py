@@ -7,20 +7,19 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import from_dict, to_dict
 from mar3d.data.datasets import VAEDataset, draw_pyramid
 from mar3d.data import layout
 from mar3d.evaluation.occupancy import volume_iou
+from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.vae import PyramidVAE, save_vae
-from mar3d.training.common import build_trainer, configure_adamw, last_checkpoint
+from mar3d.training.common import configure_adamw, fit
 from mar3d.training.config import VAERunConfig
-from mar3d.utils import atomic
+from mar3d.training.ema import EMA
+from mar3d.training.selection import select_objects
 
-RESOLVED_CONFIG = "config.yaml"
-EXPORT_DIR = "model"
 
 
 class VAEModule(L.LightningModule):
@@ -29,6 +28,17 @@ class VAEModule(L.LightningModule):
         self.save_hyperparameters()
         self.run_config = from_dict(VAERunConfig, run_config, "run config")
         self.vae = PyramidVAE(self.run_config.model)
+        decay = self.run_config.train.ema_decay
+        self.ema = EMA(self.vae, decay) if decay > 0 else None
+
+    @property
+    def averaged(self) -> PyramidVAE:
+        """The weights to validate and export: the EMA when there is one."""
+        return self.ema.shadow if self.ema is not None else self.vae
+
+    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.vae)
 
     def tokens_for_step(self, step: int) -> int:
         """Alternate the token counts step by step, so one VAE learns every count it must emit."""
@@ -44,11 +54,12 @@ class VAEModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
+        vae = self.averaged
         for tokens in self.run_config.model.token_counts:
-            posterior = self.vae.encode(batch["pyramid"], tokens)
-            cache = self.vae.prepare_decoder(posterior.mean)
+            posterior = vae.encode(batch["pyramid"], tokens)
+            cache = vae.prepare_decoder(posterior.mean)
             for part in ("uniform", "near"):
-                logits = self.vae.query(cache, batch[f"{part}_points"])
+                logits = vae.query(cache, batch[f"{part}_points"])
                 iou = volume_iou(logits, batch[f"{part}_labels"]).mean()
                 self.log(f"val/iou_{part}_{tokens}", iou, batch_size=len(logits))
 
@@ -83,38 +94,20 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     run_dir = Path(run_dir)
     roots = [Path(d) for d in data_dirs]
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    held_out = sorted(set(config.data.val_ids) | set(config.data.exclude_ids))
-    available = {root: set(layout.prepared_ids(root)) for root in roots}  # one directory scan per root
-    parts = []
-    for root in roots:
-        ids = [i for i in config.data.include_ids if i in available[root]] if config.data.include_ids else None
-        if ids == []:
-            continue
-        parts.append(VAEDataset(root, ids=ids, exclude=held_out, pyramid=config.model.pyramid_sizes(),
-                                supervision=config.data.supervision_points, rotate=config.data.rotate))
-    if not parts:
-        raise ValueError(f"none of data.include_ids is prepared in {', '.join(map(str, roots))}")
+    selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
+    parts = [VAEDataset(root, ids=ids, pyramid=config.model.pyramid_sizes(), supervision=config.data.supervision_points,
+                        rotate=config.data.rotate) for root, ids in selection.train.items()]
     train_set = ConcatDataset(parts)
-    train_ids = [i for part in parts for i in part.ids]
-    val_ids = config.data.val_ids or train_ids[:4]
-    val_items = [item for root in roots for item in
-                 validation_items(root, [i for i in val_ids if i in available[root]], config)]
-    if len(val_items) != len(val_ids):
-        raise ValueError(f"validation ids not found in {', '.join(map(str, roots))}: {val_ids}")
+    train_ids = selection.train_ids
+    val_items = [item for root, ids in selection.val.items() for item in validation_items(root, ids, config)]
     val_loader = DataLoader(val_items, batch_size=1, collate_fn=_stack)
     train_loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=False,
                               num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(run_dir / RESOLVED_CONFIG, yaml.safe_dump(to_dict(config), sort_keys=False).encode())
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise FileNotFoundError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
     module = VAEModule(to_dict(config))
-    trainer = build_trainer(run_dir, config.train, progress_bar=progress_bar, **trainer_overrides)
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=checkpoint)
-    return save_vae(module.vae, run_dir / EXPORT_DIR,
+    trainer = fit(module, train_loader, val_loader, run_dir, config, resume, progress_bar, **trainer_overrides)
+    return save_vae(module.averaged, run_dir / RUN_EXPORT_DIR,
                     extra={"trained_steps": trainer.global_step, "train_ids": train_ids,
                            "seconds": round(time.perf_counter() - start, 1)})
 

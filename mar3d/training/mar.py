@@ -1,0 +1,226 @@
+"""Training MAR-LR and MAR-HR: data (cached or online VAE latents), the Lightning module, ``train_mar``.
+
+Each training sample is one (object, rendered view) pair: the view composited on white is the condition,
+the VAE latents of the object rotated into that view's frame are the target (256 tokens for MAR-LR, 1024
+for MAR-HR, which also gets the 256-token latents of the same view as its LR condition). Latents come from
+a ``mar3d cache-latents`` folder when one is given, otherwise the frozen VAE encodes each batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from mar3d.config import ConfigError, from_dict, to_dict
+from mar3d.data import latent_cache, layout
+from mar3d.data.datasets import _rotate, _torch_seeded_rng, composite_on_white, draw_pyramid
+from mar3d.models.io import RUN_EXPORT_DIR
+from mar3d.models.mar import MAR, MARConfig, save_mar
+from mar3d.models.vae import PyramidVAE, load_vae
+from mar3d.training.common import configure_adamw, fit
+from mar3d.training.config import TrainConfig
+from mar3d.training.ema import EMA
+from mar3d.training.selection import select_objects
+
+LR_TOKENS_KEY = "lr_latents"
+
+
+@dataclass
+class MARDataConfig:
+    image_size: int = 224  # conditioning images as loaded (the image encoder resizes to its own size)
+    views_per_object: int = 0  # use the first K rendered views of each object (0: all)
+    include_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)  # held out from training, validation loss on them
+    exclude_ids: list[str] = field(default_factory=list)  # held out from everything (evaluation)
+    measure_latent_scale: bool = True  # set model.latent_scale(s) to 1/std of the training latents
+    val_views: int = 2  # views per validation object
+
+
+@dataclass
+class MARRunConfig:
+    model: MARConfig = field(default_factory=MARConfig)
+    data: MARDataConfig = field(default_factory=MARDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: str = ""  # the frozen VAE (model folder) whose latents this MAR models
+    latents: str = ""  # optional `mar3d cache-latents` folder made with that VAE
+
+    def validate(self) -> None:
+        if self.data.views_per_object < 0 or self.data.val_views < 1:
+            raise ConfigError("data.views_per_object must be >= 0 and data.val_views >= 1")
+
+
+class ViewLatents(Dataset):
+    """(object, view) pairs of one prepared directory.
+
+    Item keys: ``image`` (3, S, S) on white; then either the cached ``latents`` (N, C) (and
+    ``lr_latents`` (N_lr, C) for MAR-HR), or the surface ``pyramid`` (list of (n_k, 6)) rotated into the
+    view frame for the VAE to encode. Plus ``id`` and ``view``.
+    """
+
+    def __init__(self, root: Path, ids: list[str], config: MARRunConfig, views: int = 0):
+        self.root, self.config = Path(root), config
+        self.items = []
+        for item_id in ids:
+            item_views = layout.read_views(self.root, item_id)
+            count = min(views, len(item_views)) if views else len(item_views)
+            self.items.extend((item_id, j, item_views[j]) for j in range(count))
+        if not self.items:
+            raise ValueError(f"{self.root}: the objects have no rendered views")
+        self.cache = Path(config.latents) if config.latents else None
+        self.pyramid_sizes: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item_id, j, view = self.items[index]
+        with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
+            out = {"image": composite_on_white(im, self.config.data.image_size), "id": item_id, "view": j}
+        model = self.config.model
+        if self.cache is not None:
+            path = self.cache / f"{item_id}{latent_cache.SUFFIX}"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no cached latents for {item_id} (run `mar3d cache-latents`)")
+            with safe_open(str(path), framework="pt") as f:
+                out["latents"] = f.get_slice(latent_cache.tokens_key(model.num_tokens))[j]
+                if model.stage == "hr":
+                    out[LR_TOKENS_KEY] = f.get_slice(latent_cache.tokens_key(model.lr_tokens))[j]
+        else:
+            s = layout.read_samples(self.root, item_id)
+            pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid_sizes, _torch_seeded_rng())
+            out["pyramid"] = _rotate(view["rotation"], pyramid)
+        return out
+
+
+class MARModule(L.LightningModule):
+    def __init__(self, run_config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.run_config = from_dict(MARRunConfig, run_config, "run config")
+        self.mar = MAR(self.run_config.model)
+        decay = self.run_config.train.ema_decay
+        self.ema = EMA(self.mar, decay) if decay > 0 else None
+        self._vae: list[PyramidVAE] = []  # frozen; a list keeps it out of the checkpoint
+
+    @property
+    def averaged(self) -> MAR:
+        return self.ema.shadow if self.ema is not None else self.mar
+
+    def attach_vae(self, vae: PyramidVAE) -> None:
+        self._vae = [vae.eval().requires_grad_(False)]
+
+    def on_fit_start(self) -> None:
+        if self._vae:
+            self._vae[0].to(self.device)
+
+    @torch.no_grad()
+    def batch_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target latents (B, N, C) and, for MAR-HR, LR latents (B, N_lr, C): cached, or encoded now."""
+        model = self.run_config.model
+        if "latents" in batch:
+            return batch["latents"].float(), batch.get(LR_TOKENS_KEY)
+        vae = self._vae[0]
+        latents = vae.encode(batch["pyramid"], model.num_tokens).mean.float()
+        lr = vae.encode(batch["pyramid"], model.lr_tokens).mean.float() if model.stage == "hr" else None
+        return latents, lr
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        latents, lr = self.batch_latents(batch)
+        losses = self.mar.forward_loss(latents, batch["image"], lr)
+        self.log("train/loss", losses["loss"], batch_size=len(latents))
+        self.log("train/mask_ratio", losses["mask_ratio"], batch_size=len(latents))
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(latents))
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.mar)
+
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        latents, lr = self.batch_latents(batch)
+        generator = torch.Generator(latents.device).manual_seed(batch_index)  # the same draws every time
+        losses = self.averaged.forward_loss(latents, batch["image"], lr, generator=generator)
+        self.log("val/loss", losses["loss"], batch_size=len(latents))
+
+    def configure_optimizers(self):
+        # DESIGN.md §5 (LTH14): no weight decay on the diffusion head, biases and norms.
+        return configure_adamw(self.mar, self.run_config.train, no_decay_modules=(self.mar.diffusion_head,))
+
+
+def _collate(items: list[dict]) -> dict:
+    out = {"image": torch.stack([i["image"] for i in items]), "id": [i["id"] for i in items],
+           "view": torch.tensor([i["view"] for i in items])}
+    for key in ("latents", LR_TOKENS_KEY):
+        if key in items[0]:
+            out[key] = torch.stack([i[key] for i in items])
+    if "pyramid" in items[0]:
+        out["pyramid"] = [torch.stack(levels) for levels in zip(*(i["pyramid"] for i in items))]
+    return out
+
+
+def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens: int, objects: int = 16) -> float:
+    """Std of the training latents of one token count: from the cache's record, else encoded now."""
+    if config.latents:
+        info = latent_cache.read_info(config.latents)
+        if str(tokens) in info.get("latent_std", {}):
+            return float(info["latent_std"][str(tokens)])
+    values = []
+    for root, ids in selection.train.items():
+        for item_id in ids[:max(0, objects - len(values))]:
+            s = layout.read_samples(root, item_id)
+            rng = np.random.default_rng(0)
+            pyramid = [p[None] for p in draw_pyramid(s["surface_points"], s["surface_normals"],
+                                                     vae.config.pyramid_sizes(), rng)]
+            with torch.no_grad():
+                values.append(vae.encode(pyramid, tokens).mean.flatten())
+    return float(torch.cat(values).std())
+
+
+def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | Path, resume: bool = False,
+              progress_bar: bool = True, **trainer_overrides) -> Path:
+    """Train (or resume) MAR-LR or MAR-HR (``config.model.stage``); returns ``run_dir/model``."""
+    run_dir = Path(run_dir)
+    roots = [Path(d) for d in data_dirs]
+    config.validate()
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    vae = load_vae(config.vae).eval()
+    if vae.config.latent_channels != config.model.token_channels:
+        raise ValueError(f"the VAE has {vae.config.latent_channels} latent channels, model.token_channels is "
+                         f"{config.model.token_channels}")
+    needed = {config.model.num_tokens} | ({config.model.lr_tokens} if config.model.stage == "hr" else set())
+    if vae.config.queries == "learned" and not needed <= set(vae.config.token_counts):
+        raise ValueError(f"the VAE encodes {vae.config.token_counts} tokens, this MAR needs {sorted(needed)}")
+    if config.latents:
+        info = latent_cache.read_info(config.latents)
+        if not latent_cache.matches_vae(info, latent_cache.vae_fingerprint(vae)):
+            raise ValueError(f"{config.latents} was cached with another VAE ({info.get('vae')}), not {config.vae}")
+    selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
+    if config.data.measure_latent_scale:  # deterministic, so a resumed run measures the same value
+        config.model.latent_scale = 1.0 / measure_latent_std(config, vae, selection, config.model.num_tokens)
+        if config.model.stage == "hr":
+            config.model.lr_latent_scale = 1.0 / measure_latent_std(config, vae, selection, config.model.lr_tokens)
+    sets = {}
+    for name, chosen, views in (("train", selection.train, config.data.views_per_object),
+                                ("val", selection.val, config.data.val_views)):
+        parts = [ViewLatents(root, ids, config, views) for root, ids in chosen.items()]
+        for part in parts:
+            part.pyramid_sizes = vae.config.pyramid_sizes()
+        sets[name] = ConcatDataset(parts)
+    workers = config.train.num_workers
+    train_loader = DataLoader(sets["train"], batch_size=config.train.batch_size, shuffle=True, collate_fn=_collate,
+                              num_workers=workers, persistent_workers=workers > 0)
+    val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
+    module = MARModule(to_dict(config))
+    module.attach_vae(vae)
+    start = time.perf_counter()
+    trainer = fit(module, train_loader, val_loader, run_dir, config, resume, progress_bar, **trainer_overrides)
+    return save_mar(module.averaged, run_dir / RUN_EXPORT_DIR,
+                    extra={"trained_steps": trainer.global_step, "train_ids": selection.train_ids,
+                           "vae": config.vae, "seconds": round(time.perf_counter() - start, 1)})
