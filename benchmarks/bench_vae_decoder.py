@@ -52,6 +52,23 @@ def query_flops(width: int, tokens: int, octaves: int) -> float:
             + 2 * width)  # logit
 
 
+def part_fractions(width: int, heads: int, tokens: int, chunk: int) -> dict:
+    """FLOP/s of the two kinds of work in the per-query path, each against the bf16 matmul FLOP/s:
+    the attention kernel (scores + weighted values over the cached keys/values) and the linear layers."""
+    import torch.nn.functional as F
+
+    q = torch.randn(1, heads, chunk, width // heads, dtype=torch.bfloat16)
+    k, v = torch.randn(2, 1, heads, tokens, width // heads, dtype=torch.bfloat16)
+    x = torch.randn(chunk, width, dtype=torch.bfloat16)
+    w = torch.randn(4 * width, width, dtype=torch.bfloat16)
+    peak = matmul_flops(torch.bfloat16)
+    attention = 4 * chunk * tokens * width / timed(lambda: F.scaled_dot_product_attention(q, k, v))
+    linear = 2 * chunk * width * 4 * width / timed(lambda: F.linear(x, w))
+    flops = query_flops(width, tokens, 8)
+    return {"attention_fraction_of_matmul": attention / peak, "linear_fraction_of_matmul": linear / peak,
+            "attention_share_of_flops": 4 * tokens * width / flops}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="small")
@@ -77,6 +94,7 @@ def main() -> None:
             seconds = timed(lambda: [vae.query(cache, c) for c in points.split(args.chunk, dim=1)])
         rows[name] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
                       "matmul_flops_per_s": matmul_flops(dtype)}
+    rows["parts"] = part_fractions(config.width, config.heads, args.tokens, args.chunk)
     result = {
         "config": args.config, "width": config.width, "tokens": args.tokens, "threads": torch.get_num_threads(),
         "flops_per_query": flops, **rows,
@@ -91,6 +109,10 @@ def main() -> None:
         r = rows[name]
         print(f"| {name} | {r['queries_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | "
               f"{r['matmul_flops_per_s'] / 1e9:.1f} | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} |")
+    parts = rows["parts"]
+    print(f"\nwhere the time goes (bf16, one {args.chunk}-query chunk): attention kernel "
+          f"{parts['attention_fraction_of_matmul']:.0%} of matmul FLOP/s, linear layers "
+          f"{parts['linear_fraction_of_matmul']:.0%}; attention is {parts['attention_share_of_flops']:.0%} of the FLOPs")
     fraction = result["bf16_fraction_of_matmul"]
     print(f"\nbf16 / fp32 decoder throughput: {result['bf16_over_fp32_throughput']:.2f}x")
     print(f"bf16 decoder FLOP/s / bf16 matmul FLOP/s: {fraction:.0%} "

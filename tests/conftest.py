@@ -43,3 +43,52 @@ def prepared(tmp_path_factory) -> Path:
     result = run_batch(inputs, out, PrepareSettings(**TEST_SETTINGS))
     assert result.failed == 0, result.records
     return out
+
+
+def run_mar3d(*args, check: int = 0):
+    """Run the `mar3d` command line in a subprocess; assert its exit status."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "mar3d", *map(str, args)], capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+VAE_STEPS = 600
+MAR_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(prepared, tmp_path_factory) -> Path:
+    """`mar3d train vae --config tiny` on the four watertight scans of the shared prepared fixture."""
+    run = tmp_path_factory.mktemp("vae") / "run"
+    run_mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", run, "--no-progress",
+              "--max-steps", VAE_STEPS, "--only", *WATERTIGHT_YCB)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_latents(prepared, tiny_vae_run, tmp_path_factory) -> Path:
+    """`mar3d cache-latents` of the four scans' views with the tiny VAE."""
+    cache = tmp_path_factory.mktemp("latents") / "cache"
+    run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", cache, "--only", *WATERTIGHT_YCB,
+              "--no-progress")
+    return cache
+
+
+def _train_mar(stage: str, prepared: Path, vae_run: Path, cache: Path, out: Path) -> Path:
+    run_mar3d("train", stage, "--config", "tiny", "--data", prepared, "--vae", vae_run, "--latents", cache,
+              "--out", out, "--no-progress", "--max-steps", MAR_STEPS, "--only", *WATERTIGHT_YCB)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mar_lr_run(prepared, tiny_vae_run, tiny_latents, tmp_path_factory) -> Path:
+    return _train_mar("mar-lr", prepared, tiny_vae_run, tiny_latents, tmp_path_factory.mktemp("mar_lr") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_mar_hr_run(prepared, tiny_vae_run, tiny_latents, tmp_path_factory) -> Path:
+    return _train_mar("mar-hr", prepared, tiny_vae_run, tiny_latents, tmp_path_factory.mktemp("mar_hr") / "run")

@@ -1,0 +1,102 @@
+"""MAR-LR / MAR-HR training through the CLI on real latents of real scans, and `mar3d cache-latents`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import MAR_STEPS, WATERTIGHT_YCB, run_mar3d
+from mar3d.data import latent_cache, layout
+from mar3d.data.datasets import _rotate, draw_pyramid
+from mar3d.data.prepare import item_rng
+from mar3d.models.mar import load_mar
+from mar3d.models.vae import load_vae
+from mar3d.training.logs import read_scalars
+
+
+def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_latents):
+    vae = load_vae(tiny_vae_run / "model")
+    info = latent_cache.read_info(tiny_latents)
+    assert info["objects"] == 4 and info["token_counts"] == [32, 128]
+    assert info["vae_fingerprint"] == latent_cache.vae_fingerprint(vae)
+    assert sorted(latent_cache.cached_ids(tiny_latents)) == sorted(WATERTIGHT_YCB)
+    item = WATERTIGHT_YCB[1]
+    cached = latent_cache.read_item(tiny_latents, item)
+    views = layout.read_views(prepared, item)
+    assert cached["tokens_32"].shape == (len(views), 32, 32) and cached["tokens_128"].shape == (len(views), 128, 32)
+    # View 3 re-encoded by hand: the same pyramid (seeded by the id) rotated by that view's R.
+    s = layout.read_samples(prepared, item)
+    pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], vae.config.pyramid_sizes(), item_rng(0, item))
+    levels = [p[None] for p in _rotate(views[3]["rotation"], pyramid)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = vae.encode(levels, 128).mean.float()[0]
+    assert torch.allclose(cached["tokens_128"][3], expected, atol=1e-5)
+    # Different views of one object give different latents (view-aligned generation, DESIGN.md §2).
+    assert not torch.allclose(cached["tokens_128"][0], cached["tokens_128"][3], atol=1e-2)
+    stds = info["latent_std"]
+    assert 0.05 < stds["128"] < 20 and abs(stds["128"] - float(cached["tokens_128"].std())) < 0.5 * stds["128"]
+
+
+def test_cache_resumes_and_refuses_another_vae(prepared, tiny_vae_run, tiny_latents, tmp_path):
+    again = run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", tiny_latents,
+                      "--only", *WATERTIGHT_YCB, "--no-progress")
+    assert "cached 0 objects" in again.stdout and "4 already done" in again.stdout
+    other = tmp_path / "other_vae"
+    vae = load_vae(tiny_vae_run / "model")
+    with torch.no_grad():
+        vae.to_logit.bias += 1.0  # other weights
+    from mar3d.models.vae import save_vae
+
+    save_vae(vae, other)
+    refused = run_mar3d("cache-latents", prepared, "--vae", other, "--out", tiny_latents, check=2)
+    assert "another VAE" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("stage", ["lr", "hr"])
+def test_mar_runs_train_and_export_ema_models(stage, tiny_mar_lr_run, tiny_mar_hr_run, tiny_latents):
+    run = tiny_mar_lr_run if stage == "lr" else tiny_mar_hr_run
+    model = load_mar(run / "model")
+    assert model.config.stage == stage
+    assert model.config.num_tokens == (32 if stage == "lr" else 128)
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["trained_steps"] == MAR_STEPS
+    # The latent scale is 1 / std of the training latents, measured from the cache.
+    std = latent_cache.read_info(tiny_latents)["latent_std"][str(model.config.num_tokens)]
+    assert model.config.latent_scale == pytest.approx(1 / std)
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["model"]["stage"] == stage and resolved["latents"] == str(tiny_latents.resolve())
+    scalars = read_scalars(run)
+    losses = [v for _, v in scalars["train/loss"]]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses  # it learned
+    assert "val/loss" in scalars
+    # The export holds the EMA weights: they differ from the last live weights in the checkpoint.
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    live = state["mar.token_proj.weight"]
+    assert torch.equal(model.token_proj.weight.detach(), state["ema.shadow.token_proj.weight"])
+    assert not torch.equal(live, state["ema.shadow.token_proj.weight"])
+
+
+def test_mar_hr_trains_online_without_a_cache_and_resumes(prepared, tiny_vae_run, tmp_path):
+    run = tmp_path / "hr"
+    args = ["train", "mar-hr", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run, "--out", run,
+            "--no-progress", "--only", *WATERTIGHT_YCB[:2]]
+    run_mar3d(*args, "--max-steps", 20)
+    run_mar3d(*args, "--max-steps", 30, "--resume")
+    assert json.loads((run / "model" / "config.json").read_text())["trained_steps"] == 30
+    assert load_mar(run / "model").config.lr_latent_scale != 1.0  # measured by encoding
+
+
+def test_mar_training_errors_are_one_line(prepared, tiny_vae_run, tiny_latents, tmp_path):
+    no_vae = run_mar3d("train", "mar-lr", "--config", "tiny", "--data", prepared, "--out", tmp_path / "a", check=2)
+    assert "needs --vae" in no_vae.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"token_channels": 16, "lr_tokens": 32, "hr_tokens": 128}}))
+    wrong = run_mar3d("train", "mar-lr", "--config", bad, "--data", prepared, "--vae", tiny_vae_run,
+                      "--out", tmp_path / "b", check=2)
+    assert "latent channels" in wrong.stderr and "Traceback" not in wrong.stderr
+    vae_flag = run_mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run,
+                         "--out", tmp_path / "c", check=2)
+    assert "mar-lr / mar-hr" in vae_flag.stderr
