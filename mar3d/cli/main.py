@@ -6,6 +6,7 @@ import sys
 
 from mar3d import __version__
 from mar3d.cli import cache_latents, prepare, reconstruct, train
+from mar3d.cli import evaluate
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
@@ -13,6 +14,7 @@ COMMANDS = {
     "train": train,
     "reconstruct": reconstruct,
     "cache-latents": cache_latents,
+    "evaluate": evaluate,
 }
 
 
