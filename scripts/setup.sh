@@ -8,9 +8,10 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Debian packages: OSMesa (headless CPU rendering of the conditioning views) and GL/EGL loaders.
+# Debian packages: OSMesa (headless CPU rendering of the conditioning views) and GL/EGL loaders;
+# chromium, the headless browser of the web app's end-to-end test (tests/test_web.py).
 missing=()
-for pkg in libosmesa6 libegl1 libgl1; do
+for pkg in libosmesa6 libegl1 libgl1 chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -92,3 +92,35 @@ def tiny_mar_lr_run(prepared, tiny_vae_run, tiny_latents, tmp_path_factory) -> P
 @pytest.fixture(scope="session")
 def tiny_mar_hr_run(prepared, tiny_vae_run, tiny_latents, tmp_path_factory) -> Path:
     return _train_mar("mar-hr", prepared, tiny_vae_run, tiny_latents, tmp_path_factory.mktemp("mar_hr") / "run")
+
+
+# Sampling settings that keep a generation to about a second with the tiny models.
+FAST_PIPELINE_SETTINGS = dict(lr_steps=4, hr_steps=8, diffusion_steps=10, resolution=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, tmp_path_factory) -> Path:
+    """`mar3d export` of the tiny runs into a pipeline folder, with fast default settings."""
+    out = tmp_path_factory.mktemp("pipeline") / "model"
+    settings = [f"--set={k}={v}" for k, v in FAST_PIPELINE_SETTINGS.items()]
+    run_mar3d("export", "--vae", tiny_vae_run, "--mar-lr", tiny_mar_lr_run, "--mar-hr", tiny_mar_hr_run,
+              "--out", out, *settings)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread, here and in the commands a test starts. Tiny models' ops are too small to gain
+    from threads, and where the 2 cores are shared with other work, 2 threads made inference tests 4x slower
+    (OpenMP threads waiting for each other)."""
+    import torch
+
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if variable is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable

@@ -7,6 +7,7 @@ import sys
 from mar3d import __version__
 from mar3d.cli import cache_latents, prepare, reconstruct, train
 from mar3d.cli import evaluate
+from mar3d.cli import serve
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
@@ -15,6 +16,7 @@ COMMANDS = {
     "reconstruct": reconstruct,
     "cache-latents": cache_latents,
     "evaluate": evaluate,
+    "serve": serve,
 }
 
 

@@ -56,3 +56,30 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
         for p in folder.rglob(f"*{TMP_MARK}*"):
             if p.is_file():
                 p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    An existing ``path`` raises FileExistsError unless ``overwrite``; then it is replaced only once the
+    new folder is complete (moved aside, the new one renamed in, the old one deleted).
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    old = path.with_name(f"{path.name}{TMP_MARK}old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""Model folders from training runs: one model copied out of a run, or a pipeline folder assembled.
+
+Both are written atomically: built in a temporary folder beside the target, checked by loading, renamed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from mar3d.config import ConfigError, from_dict
+from mar3d.models.io import CONFIG_FILE, RUN_EXPORT_DIR, WEIGHTS_FILE, model_folder, read_model_config
+from mar3d.models.mar import KIND as MAR_KIND, MARConfig, load_mar
+from mar3d.models.vae import KIND as VAE_KIND, VAEConfig, load_vae
+from mar3d.pipeline.pipeline import (FORMAT, MAR_HR_DIR, MAR_LR_DIR, PIPELINE_FILE, VAE_DIR, VERSION,
+                                     MAR3DPipeline, SamplingDefaults, check_compatible)
+from mar3d.utils import atomic
+
+LOADERS = {VAE_KIND: load_vae, MAR_KIND: load_mar}
+RUN_CONFIG = "config.yaml"  # the resolved config a training run writes beside model/
+DEFAULT_STEPS = 64  # auto-regressive steps, where the MAR makes at least this many tokens
+
+
+class ExportError(ValueError):
+    """A run or model that cannot be exported; the message is one line naming it."""
+
+
+def source_model(path: str | Path, label: str) -> Path:
+    """A training run (-> RUN/model) or a model folder, checked to hold config.json and weights."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{label} {path}: no such run or model folder")
+    folder = model_folder(path)
+    if not (folder / CONFIG_FILE).exists():
+        if (path / "checkpoints").is_dir():
+            raise ExportError(f"{label} {path}: the run has no exported model ({RUN_EXPORT_DIR}/) yet; let its "
+                              f"training finish (`mar3d train ... --resume`)")
+        raise ExportError(f"{label} {path}: not a training run or model folder (no {CONFIG_FILE})")
+    if not (folder / WEIGHTS_FILE).exists():
+        raise ExportError(f"{label} {folder}: no {WEIGHTS_FILE}")
+    return folder
+
+
+def _document(folder: Path, label: str, kind: str) -> dict:
+    document = read_model_config(folder)
+    if document.get("kind") != kind:
+        raise ExportError(f"{label} {folder}: holds a '{document.get('kind')}' model, not a '{kind}'")
+    return document
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    target.mkdir(exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copyfile(source / name, target / name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_model(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or _sha256(a / WEIGHTS_FILE) == _sha256(b / WEIGHTS_FILE)
+
+
+def _trained_image_size(folder: Path) -> int | None:
+    """``data.image_size`` from the run config beside a run's model/, if there is one."""
+    path = folder.parent / RUN_CONFIG
+    if folder.name != RUN_EXPORT_DIR or not path.exists():
+        return None
+    data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
+    return data.get("image_size")
+
+
+def _check_target(out: str | Path, overwrite: bool) -> None:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder")
+
+
+def export_model(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Copy a run's final (EMA) model, RUN/model, to the model folder ``out``."""
+    folder = source_model(run, "RUN_DIR")
+    kind = read_model_config(folder).get("kind")
+    if kind not in LOADERS:
+        raise ExportError(f"{folder}: unknown model kind '{kind}' (known: {', '.join(LOADERS)})")
+    _check_target(out, overwrite)
+    with atomic.atomic_folder(out, overwrite) as tmp:
+        _copy_model(folder, tmp)
+        LOADERS[kind](tmp)  # the copy loads
+    return Path(out)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """``key=value`` strings -> a dict of pipeline defaults; values are JSON (3, 1.5, null) or plain text."""
+    known = set(asdict(SamplingDefaults()))
+    settings = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ExportError(f"--set {pair!r}: expected key=value")
+        if key not in known:
+            raise ExportError(f"--set {key}: unknown setting (known: {', '.join(sorted(known))})")
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key] = text
+    return settings
+
+
+def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, out: str | Path,
+                      settings: dict | None = None, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """Build a pipeline model folder (``mar3d.pipeline.pipeline``) from three runs or model folders.
+
+    The defaults are ``SamplingDefaults`` with the steps capped at each MAR's token count and the image
+    size the MARs were trained with (from their run config, when given runs), then ``settings``.
+    Returns the folder and notes about what could not be checked.
+    """
+    folders = {"--vae": source_model(vae, "--vae"), "--mar-lr": source_model(mar_lr, "--mar-lr"),
+               "--mar-hr": source_model(mar_hr, "--mar-hr")}
+    documents = {flag: _document(folder, flag, VAE_KIND if flag == "--vae" else MAR_KIND)
+                 for flag, folder in folders.items()}
+    configs = {flag: from_dict(VAEConfig if flag == "--vae" else MARConfig, documents[flag]["config"],
+                               f"{folders[flag] / CONFIG_FILE}") for flag in folders}
+    try:
+        check_compatible(configs["--vae"], configs["--mar-lr"], configs["--mar-hr"])
+    except ValueError as e:
+        raise ExportError(f"--vae / --mar-lr / --mar-hr do not fit together: {e}") from None
+    notes = []
+    for flag in ("--mar-lr", "--mar-hr"):
+        recorded = documents[flag].get("vae")
+        if not recorded:
+            continue
+        if not Path(recorded, CONFIG_FILE).exists():
+            notes.append(f"{flag} was trained on the latents of {recorded}, which no longer exists: "
+                         f"not checked that --vae is that VAE")
+        elif not _same_model(Path(recorded), folders["--vae"]):
+            raise ExportError(f"{flag} {folders[flag]} was trained on the latents of the VAE {recorded}, "
+                              f"and --vae {folders['--vae']} has other weights")
+    sizes = {flag: _trained_image_size(folders[flag]) for flag in ("--mar-lr", "--mar-hr")}
+    if None not in sizes.values() and len(set(sizes.values())) > 1:
+        raise ExportError(f"MAR-LR was trained on {sizes['--mar-lr']}-pixel images, MAR-HR on {sizes['--mar-hr']}")
+    lr_config, hr_config = configs["--mar-lr"], configs["--mar-hr"]
+    defaults = {"lr_steps": min(DEFAULT_STEPS, lr_config.num_tokens),
+                "hr_steps": min(DEFAULT_STEPS, hr_config.num_tokens)}
+    image_size = sizes["--mar-lr"] or sizes["--mar-hr"]
+    if image_size:
+        defaults["image_size"] = image_size
+    defaults.update(settings or {})
+    try:
+        defaults = asdict(from_dict(SamplingDefaults, defaults, "pipeline defaults"))
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    sources = {name: {"path": str(folders[flag].resolve()), "trained_steps": documents[flag].get("trained_steps")}
+               for name, flag in ((VAE_DIR, "--vae"), (MAR_LR_DIR, "--mar-lr"), (MAR_HR_DIR, "--mar-hr"))}
+    _check_target(out, overwrite)
+    with atomic.atomic_folder(out, overwrite) as tmp:
+        for name, flag in ((VAE_DIR, "--vae"), (MAR_LR_DIR, "--mar-lr"), (MAR_HR_DIR, "--mar-hr")):
+            _copy_model(folders[flag], tmp / name)
+        atomic.write_json(tmp / PIPELINE_FILE, {"format": FORMAT, "version": VERSION, "defaults": defaults,
+                                                "sources": sources})
+        pipeline = MAR3DPipeline.from_pretrained(tmp)  # it loads, and the steps fit the models
+        try:
+            pipeline.settings()
+        except ConfigError as e:
+            raise ExportError(str(e)) from None
+    return Path(out), notes

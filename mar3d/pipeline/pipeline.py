@@ -1,0 +1,374 @@
+"""Image -> mesh inference (DESIGN.md §1): ``MAR3DPipeline`` and the model folder it loads.
+
+A pipeline model folder holds the three trained models and the default sampling settings::
+
+    MODEL/pipeline.json   {"format": "mar3d-pipeline", "version": 1, "defaults": {...}, "sources": {...}}
+    MODEL/vae/            config.json + model.safetensors   Pyramid VAE (its decoder is used)
+    MODEL/mar_lr/         config.json + model.safetensors   MAR-LR, with its own image encoder
+    MODEL/mar_hr/         config.json + model.safetensors   MAR-HR, with its own image encoder
+
+``mar3d export --vae RUN --mar-lr RUN --mar-hr RUN --out MODEL`` assembles one (``mar3d.pipeline.export``).
+
+Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR (N_lr tokens) -> MAR-HR
+(N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
+(VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` the LR tokens are decoded.
+
+Determinism: every image samples with its own ``torch.Generator`` seeded with its seed, so an image's mesh
+depends on the image, its seed and the settings only, not on the other images in the call. For that
+the MAR stages run image by image (``MAR.sample`` takes one generator for its whole batch); the VAE
+decoding and extraction, which draw nothing at random, run on the whole batch at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+import trimesh
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mar3d.config import ConfigError, from_dict
+from mar3d.mesh import PostprocessOptions, postprocess
+from mar3d.models.diffusion import SAMPLERS
+from mar3d.models.image_encoder import ClipDinov2Encoder
+from mar3d.models.mar import CFG_SCHEDULES, MAR, MARConfig, load_mar
+from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae
+from mar3d.pipeline.images import preprocess
+from mar3d.pipeline.reconstruct import autocast_for, latents_to_meshes
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"  # bundled, when it exists
+PIPELINE_FILE = "pipeline.json"
+FORMAT = "mar3d-pipeline"
+VERSION = 1
+VAE_DIR, MAR_LR_DIR, MAR_HR_DIR = "vae", "mar_lr", "mar_hr"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
+
+
+@dataclass
+class SamplingDefaults:
+    """The settings a call uses unless it passes its own (``pipeline.json`` "defaults")."""
+
+    lr_steps: int = 64  # auto-regressive steps of MAR-LR (release validation: 64)
+    hr_steps: int = 64
+    cfg: float = 3.0  # classifier-free guidance scale λ (1: no guidance)
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    temperature: float = 1.0
+    sampler: Literal["ddim", "ddpm"] = "ddpm"
+    diffusion_steps: int = 100  # respaced steps of the diffusion head per token
+    resolution: int = 256  # marching-cubes grid cells per axis
+    faces: int | None = None  # decimate to at most this many faces; None keeps all
+    image_size: int = 224  # the conditioning image as the MARs were trained on it (data.image_size)
+
+    def validate(self) -> None:
+        for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.diffusion_steps > 1000:
+            raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
+        if self.cfg <= 0 or self.temperature <= 0:
+            raise ConfigError(f"cfg and temperature must be > 0, got {self.cfg} and {self.temperature}")
+        if not 8 <= self.resolution <= MAX_RESOLUTION:
+            raise ConfigError(f"resolution must be between 8 and {MAX_RESOLUTION}, got {self.resolution}")
+        if self.faces is not None and self.faces < 4:
+            raise ConfigError(f"faces must be at least 4 (or null for no decimation), got {self.faces}")
+        if self.sampler not in SAMPLERS or self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} and cfg_schedule one of "
+                              f"{', '.join(CFG_SCHEDULES)}, got {self.sampler!r} and {self.cfg_schedule!r}")
+
+
+def read_pipeline_file(folder: str | Path) -> dict:
+    """``pipeline.json`` of a model folder, checked for format and version (one-line errors)."""
+    folder = Path(folder)
+    path = folder / PIPELINE_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not a pipeline model folder (no {PIPELINE_FILE}; assemble one "
+                                f"with `mar3d export --vae RUN --mar-lr RUN --mar-hr RUN --out DIR`)")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a {FORMAT} file")
+    if document.get("version") != VERSION:
+        raise ConfigError(f"{path}: format version {document.get('version')}; this mar3d reads version {VERSION}")
+    return document
+
+
+@dataclass
+class ConditionImage:
+    """A preprocessed input: what the image encoders get, and the framed cut-out to show."""
+
+    name: str
+    image: torch.Tensor  # (3, S, S) float32 in [0, 1], on white
+    preview: Image.Image  # framed RGBA, 512 x 512
+    seconds: float = 0.0  # preprocessing time
+
+
+@dataclass
+class GenerationResult:
+    """One image's mesh, in the view-aligned normalized frame (the object as seen in the image).
+
+    ``status`` is "ok", or "empty" / "full" / "nonfinite" when the decoded occupancy has no surface
+    (then ``mesh`` has no faces). ``timings`` in seconds: preprocess, encoder (both MARs' image
+    encoders), lr, hr (sampling without the encoder), decode (this image's share of the batch's VAE
+    decoding), marching_cubes, postprocess, total.
+    """
+
+    name: str
+    mesh: trimesh.Trimesh
+    preview: Image.Image
+    status: str
+    seed: int
+    timings: dict[str, float]
+    queries: int = 0  # occupancy evaluations
+    watertight: bool = False
+    latents: torch.Tensor | None = None  # (N, C) the decoded tokens (HR, or LR with use_hr=False)
+    lr_latents: torch.Tensor | None = None  # (N_lr, C)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def problem(self) -> str:
+        """Why there is no mesh, in a few words ("" when there is one)."""
+        return {"ok": "", "empty": "no surface: the decoded occupancy is empty everywhere",
+                "full": "no surface: the decoded occupancy is full everywhere",
+                "nonfinite": "no surface: the decoder returned non-finite values"}.get(self.status, self.status)
+
+
+ProgressCallback = Callable[[str, int], None]  # (stage finished, image index)
+
+
+def stage_names(use_hr: bool = True) -> tuple[str, ...]:
+    """The stages a call reports to its callback for each image, in order."""
+    return ("preprocess", "lr", "hr", "mesh") if use_hr else ("preprocess", "lr", "mesh")
+
+
+def check_compatible(vae: VAEConfig, mar_lr: MARConfig, mar_hr: MARConfig) -> None:
+    """Raise ValueError unless the three models fit together (configs only, no weights needed)."""
+    for label, config, stage in (("MAR-LR", mar_lr, "lr"), ("MAR-HR", mar_hr, "hr")):
+        if config.stage != stage:
+            raise ValueError(f"the {label} model is a MAR-{config.stage.upper()} (stage '{config.stage}')")
+        if config.token_channels != vae.latent_channels:
+            raise ValueError(f"{label} makes tokens of {config.token_channels} channels, the VAE decodes "
+                             f"{vae.latent_channels}")
+    if mar_hr.lr_tokens != mar_lr.num_tokens:
+        raise ValueError(f"MAR-HR is conditioned on {mar_hr.lr_tokens} LR tokens, MAR-LR makes {mar_lr.num_tokens}")
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _ModuleTimer:
+    """Accumulates the wall time of a module's forward calls (forward hooks)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.seconds, self.device, self._start = 0.0, device, 0.0
+        module.register_forward_pre_hook(self._before)
+        module.register_forward_hook(self._after)
+
+    def _before(self, *_) -> None:
+        _synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _after(self, *_) -> None:
+        _synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+    def take(self) -> float:
+        """The time accumulated since the last ``take``."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+class MAR3DPipeline:
+    """Single image -> mesh. Inference only; build it with ``from_pretrained(MODEL_DIR)``."""
+
+    def __init__(self, vae: PyramidVAE, mar_lr: MAR, mar_hr: MAR, defaults: SamplingDefaults | None = None,
+                 device: str | torch.device = "cpu", dtype: str = "fp32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.vae, self.mar_lr, self.mar_hr = (m.eval().requires_grad_(False).to(self.device)
+                                              for m in (vae, mar_lr, mar_hr))
+        check_compatible(self.vae.config, self.mar_lr.config, self.mar_hr.config)
+        for mar in (self.mar_lr, self.mar_hr):
+            if isinstance(mar.image_encoder, ClipDinov2Encoder):
+                mar.image_encoder.load_backbones()  # now: a missing backbone fails here, not on the first image
+        self.defaults = defaults or SamplingDefaults()
+        self._encoder_timers = {"lr": _ModuleTimer(self.mar_lr.image_encoder, self.device),
+                                "hr": _ModuleTimer(self.mar_hr.image_encoder, self.device)}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32"
+                        ) -> "MAR3DPipeline":
+        """Load a pipeline model folder (see the module docstring)."""
+        folder = Path(path)
+        document = read_pipeline_file(folder)
+        defaults = from_dict(SamplingDefaults, document.get("defaults", {}), f"{folder / PIPELINE_FILE} defaults")
+        vae = load_vae(folder / VAE_DIR)
+        mar_lr, mar_hr = load_mar(folder / MAR_LR_DIR), load_mar(folder / MAR_HR_DIR)
+        return cls(vae, mar_lr, mar_hr, defaults, device, dtype)
+
+    # ----------------------------------------------------------------- inputs
+    def preprocess(self, image: str | Path | Image.Image | ConditionImage, name: str | None = None,
+                   **options) -> ConditionImage:
+        """A file or Pillow image -> the conditioning input (``images.preprocess``; raises ImageInputError)."""
+        if isinstance(image, ConditionImage):
+            return image
+        if name is None:
+            name = (getattr(image, "filename", "") or "image") if isinstance(image, Image.Image) else str(image)
+        start = time.perf_counter()
+        tensor, preview = preprocess(image, size=self.defaults.image_size, name=name, **options)
+        return ConditionImage(name, tensor, preview, time.perf_counter() - start)
+
+    def settings(self, **overrides) -> SamplingDefaults:
+        """The defaults with the given (non-None) overrides, validated against these models."""
+        chosen = replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
+        chosen.validate()
+        for stage, mar in (("lr_steps", self.mar_lr), ("hr_steps", self.mar_hr)):
+            tokens = mar.config.num_tokens
+            if getattr(chosen, stage) > tokens:
+                raise ConfigError(f"{stage} must be at most {tokens} (this MAR makes {tokens} tokens, "
+                                  f"at least one per step), got {getattr(chosen, stage)}")
+        return chosen
+
+    # ----------------------------------------------------------------- stages
+    @contextlib.contextmanager
+    def _timed(self, timings: dict, key: str):
+        _synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        _synchronize(self.device)
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+    def sample_stage(self, stage: str, condition: ConditionImage, generator: torch.Generator,
+                     settings: SamplingDefaults, timings: dict, lr_latents: torch.Tensor | None = None,
+                     progress: bool = False) -> torch.Tensor:
+        """One image's latents from MAR-LR (``stage`` "lr", (1, N_lr, C)) or MAR-HR ("hr", (1, N_hr, C),
+        given the LR latents). Adds the sampling time to ``timings[stage]`` and the image encoder's to
+        ``timings["encoder"]``."""
+        mar, steps = (self.mar_lr, settings.lr_steps) if stage == "lr" else (self.mar_hr, settings.hr_steps)
+        timer = self._encoder_timers[stage]
+        timer.take()
+        with self._timed(timings, stage), autocast_for(self.device, self.dtype):
+            latents = mar.sample(condition.image[None].to(self.device), lr_latents=lr_latents, steps=steps,
+                                 cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
+                                 temperature=settings.temperature, sampler=settings.sampler,
+                                 diffusion_steps=settings.diffusion_steps, generator=generator, progress=progress)
+        encoder = timer.take()
+        timings[stage] -= encoder
+        timings["encoder"] = timings.get("encoder", 0.0) + encoder
+        return latents
+
+    def __call__(
+        self,
+        images: str | Path | Image.Image | ConditionImage | Sequence[str | Path | Image.Image | ConditionImage],
+        seed: int | Sequence[int] = 0,
+        lr_steps: int | None = None,
+        hr_steps: int | None = None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+        resolution: int | None = None,
+        use_hr: bool = True,
+        faces: int | None = None,
+        return_latents: bool = False,
+        progress: bool = False,
+        callback: ProgressCallback | None = None,
+        **settings,
+    ) -> list[GenerationResult]:
+        """Generate one mesh per image; arguments left None take the model folder's defaults.
+
+        Args:
+            images: files, Pillow images or ``preprocess`` results (one or a list). A bad file raises
+                ``ImageInputError``; preprocess first (``self.preprocess``) to handle inputs one by one.
+            seed: one seed for every image, or one per image.
+            use_hr: False stops after MAR-LR and decodes its tokens (faster, coarser).
+            faces: decimate each mesh to at most this many faces.
+            progress: show a progress bar over images and stages (and the MARs' steps).
+            callback: called as ``callback(stage, image_index)`` after each stage of each image.
+            settings: further defaults to override: cfg_schedule, sampler, diffusion_steps.
+        Returns:
+            one ``GenerationResult`` per image, in order.
+        """
+        single = isinstance(images, (str, Path, Image.Image, ConditionImage))
+        items = [images] if single else list(images)
+        seeds = [int(seed)] * len(items) if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != len(items):
+            raise ValueError(f"{len(seeds)} seeds for {len(items)} images")
+        chosen = self.settings(lr_steps=lr_steps, hr_steps=hr_steps, cfg=cfg, temperature=temperature,
+                               resolution=resolution, faces=faces, **settings)
+        bar = tqdm(total=len(items) * len(stage_names(use_hr)), desc="generate", unit="stage", disable=not progress)
+
+        def done(stage: str, index: int) -> None:
+            bar.set_postfix_str(f"image {index + 1}/{len(items)}: {stage}")
+            bar.update()
+            if callback is not None:
+                callback(stage, index)
+
+        try:
+            timings = [{} for _ in items]
+            conditions = []
+            for i, item in enumerate(items):
+                conditions.append(self.preprocess(item))
+                timings[i].update(preprocess=conditions[-1].seconds, encoder=0.0)
+                done("preprocess", i)
+            latents, lr_latents = [], []
+            for i, condition in enumerate(conditions):
+                generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
+                lr = self.sample_stage("lr", condition, generator, chosen, timings[i], progress=progress)
+                done("lr", i)
+                hr = None
+                if use_hr:
+                    hr = self.sample_stage("hr", condition, generator, chosen, timings[i], lr, progress)
+                    done("hr", i)
+                lr_latents.append(lr[0])
+                latents.append(lr[0] if hr is None else hr[0])
+            results = self.extract(torch.stack(latents), chosen, timings)
+            for i in range(len(items)):
+                done("mesh", i)
+        finally:
+            bar.close()
+        out = []
+        for i, (condition, (mesh, status, queries, watertight)) in enumerate(zip(conditions, results)):
+            timings[i]["total"] = sum(timings[i].values())
+            out.append(GenerationResult(
+                condition.name, mesh, condition.preview, status, seeds[i], timings[i], queries, watertight,
+                latents[i].cpu() if return_latents else None, lr_latents[i].cpu() if return_latents else None))
+        return out
+
+    def extract(self, latents: torch.Tensor, settings: SamplingDefaults, timings: list[dict]
+                ) -> list[tuple[trimesh.Trimesh, str, int, bool]]:
+        """Latents (B, N, C) -> (mesh, status, queries, watertight) each; fills the meshing timings."""
+        start = time.perf_counter()
+        raw = latents_to_meshes(self.vae, latents, resolution=settings.resolution, postprocess=None,
+                                dtype=self.dtype)
+        marching = sum(r.mesh_seconds for r in raw)
+        decode = (time.perf_counter() - start - marching) / len(raw)  # the batch decodes together: share it
+        options = PostprocessOptions(max_faces=settings.faces)
+        out = []
+        for result, t in zip(raw, timings):
+            t["decode"], t["marching_cubes"] = decode, result.mesh_seconds
+            mesh, watertight = result.mesh, False
+            if result.status == "ok":
+                with self._timed(t, "postprocess"):
+                    mesh, report = postprocess(result.mesh, options)
+                watertight = report.watertight
+            else:
+                t["postprocess"] = 0.0
+            out.append((mesh, result.status, result.queries, watertight))
+        return out
+
+
