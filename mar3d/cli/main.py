@@ -6,6 +6,7 @@ import sys
 
 from mar3d import __version__
 from mar3d.cli import cache_latents, prepare, reconstruct, train
+from mar3d.cli import export, generate
 from mar3d.cli import evaluate
 from mar3d.cli import serve
 from mar3d.cli.errors import CLIError
@@ -16,6 +17,8 @@ COMMANDS = {
     "reconstruct": reconstruct,
     "cache-latents": cache_latents,
     "evaluate": evaluate,
+    "export": export,
+    "generate": generate,
     "serve": serve,
 }
 
