@@ -5,10 +5,7 @@ import argparse
 import sys
 
 from mar3d import __version__
-from mar3d.cli import cache_latents, prepare, reconstruct, train
-from mar3d.cli import export, generate
-from mar3d.cli import evaluate
-from mar3d.cli import serve
+from mar3d.cli import cache_latents, evaluate, evaluate_vae, export, generate, prepare, reconstruct, serve, train
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
@@ -17,6 +14,7 @@ COMMANDS = {
     "reconstruct": reconstruct,
     "cache-latents": cache_latents,
     "evaluate": evaluate,
+    "evaluate-vae": evaluate_vae,
     "export": export,
     "generate": generate,
     "serve": serve,
