@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from mar3d import __version__
-from mar3d.cli import cache_latents, evaluate, evaluate_vae, export, generate, prepare, reconstruct, serve, train
+from mar3d.cli import bench, cache_latents, evaluate, evaluate_vae, export, generate, prepare, reconstruct, serve, train
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "export": export,
     "generate": generate,
     "serve": serve,
+    "bench": bench,
 }
 
 
