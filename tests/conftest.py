@@ -45,13 +45,18 @@ def prepared(tmp_path_factory) -> Path:
     return out
 
 
-def run_mar3d(*args, check: int = 0):
-    """Run the `mar3d` command line in a subprocess; assert its exit status."""
+def run_mar3d(*args, check: int = 0, all_threads: bool = False):
+    """Run the `mar3d` command line in a subprocess; assert its exit status.
+
+    ``all_threads``: ignore a test module's OMP_NUM_THREADS=1 (``one_torch_thread``), for the session's
+    training fixtures, which may be built first inside such a module and gain from both cores.
+    """
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if not (all_threads and k == "OMP_NUM_THREADS")}
     result = subprocess.run([sys.executable, "-m", "mar3d", *map(str, args)], capture_output=True, text=True,
-                            timeout=1800)
+                            timeout=1800, env=env)
     assert result.returncode == check, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -65,7 +70,7 @@ def tiny_vae_run(prepared, tmp_path_factory) -> Path:
     """`mar3d train vae --config tiny` on the four watertight scans of the shared prepared fixture."""
     run = tmp_path_factory.mktemp("vae") / "run"
     run_mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--out", run, "--no-progress",
-              "--max-steps", VAE_STEPS, "--only", *WATERTIGHT_YCB)
+              "--max-steps", VAE_STEPS, "--only", *WATERTIGHT_YCB, all_threads=True)
     return run
 
 
@@ -74,13 +79,13 @@ def tiny_latents(prepared, tiny_vae_run, tmp_path_factory) -> Path:
     """`mar3d cache-latents` of the four scans' views with the tiny VAE."""
     cache = tmp_path_factory.mktemp("latents") / "cache"
     run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", cache, "--only", *WATERTIGHT_YCB,
-              "--no-progress")
+              "--no-progress", all_threads=True)
     return cache
 
 
 def _train_mar(stage: str, prepared: Path, vae_run: Path, cache: Path, out: Path) -> Path:
     run_mar3d("train", stage, "--config", "tiny", "--data", prepared, "--vae", vae_run, "--latents", cache,
-              "--out", out, "--no-progress", "--max-steps", MAR_STEPS, "--only", *WATERTIGHT_YCB)
+              "--out", out, "--no-progress", "--max-steps", MAR_STEPS, "--only", *WATERTIGHT_YCB, all_threads=True)
     return out
 
 

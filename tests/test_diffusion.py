@@ -10,13 +10,7 @@ from mar3d.models.diffusion import GaussianDiffusion
 from mar3d.models.diffusion_head import DiffusionHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast, and a thread pool stalls when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is as fast
 
 
 def gaussian_eps(mean: torch.Tensor, std: torch.Tensor, diffusion: GaussianDiffusion):

@@ -15,13 +15,7 @@ from mar3d.models.mar import MAR, MARConfig, load_mar, mask_schedule, save_mar
 PAPER_PARAMETERS = {"lr": 441_872_448, "hr": 445_084_736}  # trainable; the frozen CLIP/DINOv2 are not counted
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast, and a thread pool stalls when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is as fast
 
 
 def model_config(name: str, stage: str = "lr", **changes) -> MARConfig:
