@@ -19,14 +19,20 @@ def add_parser(sub, name: str) -> None:
             "written to RUN_DIR/config.yaml and the final weights to RUN_DIR/model (config.json + "
             "model.safetensors; EMA weights). CONFIG is a YAML file or a bundled name: tiny, small, paper (the vae "
             "configs for vae, the mar configs for mar-lr and mar-hr). The MAR stages model the latents of a "
-            "trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly."),
+            "trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly. "
+            "One device, or DDP / FSDP over GPUs and nodes (--strategy, --devices, --num-nodes; launch one "
+            "process per GPU with srun or torchrun, see docs/training.md). --resume continues exactly where the "
+            "run stopped: same data order, same random draws."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--config", required=True, help="YAML config file or bundled name (tiny, small, paper)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="prepared directories (mar3d prepare)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs, model)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR/checkpoints")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), help="override train.strategy")
+    p.add_argument("--devices", type=int, help="override train.devices (GPUs per node; processes on CPU)")
+    p.add_argument("--num-nodes", type=int, help="override train.num_nodes")
     p.add_argument("--only", nargs="+", metavar="ID", help="train on these prepared ids only (data.include_ids)")
     p.add_argument("--vae", metavar="RUN_OR_MODEL_DIR", help="mar-lr / mar-hr: the trained VAE")
     p.add_argument("--latents", metavar="CACHE_DIR", help="mar-lr / mar-hr: latents from `mar3d cache-latents`")
@@ -43,8 +49,13 @@ def _load(args):
         config = load_config(args.config, VAERunConfig if is_vae else MARRunConfig, "vae" if is_vae else "mar")
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    if args.max_steps is not None:
-        config.train.max_steps = args.max_steps
+    for key in ("max_steps", "strategy", "devices", "num_nodes"):
+        if getattr(args, key) is not None:
+            setattr(config.train, key, getattr(args, key))
+    try:
+        config.train.validate()
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
     if args.only:
         config.data.include_ids = list(args.only)
     if is_vae:
@@ -78,5 +89,8 @@ def run(args) -> int:
         model_dir = train(config, args.data, run_dir, resume=args.resume, progress_bar=not args.no_progress)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise CLIError(str(e)) from None
-    print(f"trained {args.stage}: model -> {model_dir}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # with DDP / FSDP every rank runs this command
+        print(f"trained {args.stage}: model -> {model_dir}")
     return 0

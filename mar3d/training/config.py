@@ -24,10 +24,15 @@ class TrainConfig:
     val_every: int = 500
     log_every: int = 10
     num_workers: int = 2
+    prefetch_batches: int = 4  # batches each worker loads ahead
     seed: int = 0
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # fsdp shards the paper-size MAR over GPUs
+    devices: int | Literal["auto"] = "auto"  # per node: GPUs, or processes on CPU
+    num_nodes: int = 1
 
     def validate(self) -> None:
-        for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "log_every"):
+        for name in ("batch_size", "max_steps", "checkpoint_every", "val_every", "log_every", "prefetch_batches",
+                     "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -36,6 +41,10 @@ class TrainConfig:
             raise ConfigError("train.ema_decay must be in [0, 1)")
         if len(self.betas) != 2:
             raise ConfigError("train.betas must have two values")
+        if self.devices != "auto" and self.devices < 1:
+            raise ConfigError("train.devices must be 'auto' or >= 1")
+        if self.num_workers < 0:
+            raise ConfigError("train.num_workers must be >= 0")
 
 
 @dataclass

@@ -24,9 +24,10 @@ from mar3d.data.datasets import _rotate, _torch_seeded_rng, composite_on_white, 
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
-from mar3d.training.common import configure_adamw, fit
+from mar3d.training.common import averaged_model, configure_adamw, fit, update_ema
 from mar3d.training.config import TrainConfig
 from mar3d.training.ema import EMA
+from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
 
 LR_TOKENS_KEY = "lr_latents"
@@ -139,9 +140,10 @@ class MARModule(L.LightningModule):
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(latents))
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.mar)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not in on_train_batch_end: the step's checkpoint must include it
+            update_ema(self.ema, self.mar, self.trainer)
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
         latents, lr = self.batch_latents(batch)
@@ -213,14 +215,15 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
         for part in parts:
             part.pyramid_sizes = vae.config.pyramid_sizes()
         sets[name] = ConcatDataset(parts)
-    workers = config.train.num_workers
-    train_loader = DataLoader(sets["train"], batch_size=config.train.batch_size, shuffle=True, collate_fn=_collate,
-                              num_workers=workers, persistent_workers=workers > 0)
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
     module.attach_vae(vae)
     start = time.perf_counter()
-    trainer = fit(module, train_loader, val_loader, run_dir, config, resume, progress_bar, **trainer_overrides)
-    return save_mar(module.averaged, run_dir / RUN_EXPORT_DIR,
+    trainer = fit(module, train_loader(sets["train"], config.train, _collate), val_loader, run_dir, config, resume,
+                  progress_bar, **trainer_overrides)
+    model = averaged_model(trainer, module)
+    if model is None:  # not global rank 0
+        return run_dir / RUN_EXPORT_DIR
+    return save_mar(model, run_dir / RUN_EXPORT_DIR,
                     extra={"trained_steps": trainer.global_step, "train_ids": selection.train_ids,
                            "vae": config.vae, "seconds": round(time.perf_counter() - start, 1)})

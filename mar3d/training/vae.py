@@ -14,12 +14,12 @@ from mar3d.data.datasets import VAEDataset, draw_pyramid
 from mar3d.data import layout
 from mar3d.evaluation.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR
-from mar3d.models.vae import PyramidVAE, save_vae
-from mar3d.training.common import configure_adamw, fit
+from mar3d.models.vae import Posterior, PyramidVAE, save_vae
+from mar3d.training.common import averaged_model, configure_adamw, fit, update_ema
 from mar3d.training.config import VAERunConfig
 from mar3d.training.ema import EMA
+from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
-
 
 
 class VAEModule(L.LightningModule):
@@ -36,9 +36,16 @@ class VAEModule(L.LightningModule):
         """The weights to validate and export: the EMA when there is one."""
         return self.ema.shadow if self.ema is not None else self.vae
 
-    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.vae)
+    @property
+    def unused_parameters(self) -> bool:
+        """Whether some parameters get no gradient in a step: learned queries train one token count at a time."""
+        model = self.run_config.model
+        return model.queries == "learned" and len(model.token_counts) > 1
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not in on_train_batch_end: the step's checkpoint must include it
+            update_ema(self.ema, self.vae, self.trainer)
 
     def tokens_for_step(self, step: int) -> int:
         """Alternate the token counts step by step, so one VAE learns every count it must emit."""
@@ -47,8 +54,9 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         tokens = self.tokens_for_step(self.global_step)
-        logits, kl = self.vae(batch["pyramid"], batch["points"], tokens)
-        losses = self.vae.loss(logits, batch["labels"], kl)
+        posterior = self.vae.encode(batch["pyramid"], tokens)
+        logits = self.vae.decode(sample_per_shape(posterior, batch["seed"]), batch["points"])
+        losses = self.vae.loss(logits, batch["labels"], posterior.kl())
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(logits))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(logits))
         return losses["loss"]
@@ -65,6 +73,17 @@ class VAEModule(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_adamw(self.vae, self.run_config.train)
+
+
+def sample_per_shape(posterior: Posterior, seeds: torch.Tensor) -> torch.Tensor:
+    """A posterior sample (B, N, C) whose noise for each shape comes from that shape's seed (the sampler's).
+
+    So a step is a function of its samples alone: W ranks with batch B train exactly as one process with
+    batch W * B. The generator is seeded with seed + 1, not the stream the shape's points were drawn from.
+    """
+    device = posterior.mean.device
+    return torch.cat([Posterior(m[None], v[None]).sample(torch.Generator(device).manual_seed(s + 1))
+                      for m, v, s in zip(posterior.mean, posterior.logvar, seeds.tolist())])
 
 
 def validation_items(root: Path, ids: list[str], config: VAERunConfig, seed: int = 1234) -> list[dict]:
@@ -101,13 +120,15 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     train_ids = selection.train_ids
     val_items = [item for root, ids in selection.val.items() for item in validation_items(root, ids, config)]
     val_loader = DataLoader(val_items, batch_size=1, collate_fn=_stack)
-    train_loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=False,
-                              num_workers=config.train.num_workers, persistent_workers=config.train.num_workers > 0)
 
     module = VAEModule(to_dict(config))
     start = time.perf_counter()
-    trainer = fit(module, train_loader, val_loader, run_dir, config, resume, progress_bar, **trainer_overrides)
-    return save_vae(module.averaged, run_dir / RUN_EXPORT_DIR,
+    trainer = fit(module, train_loader(train_set, config.train), val_loader, run_dir, config, resume, progress_bar,
+                  **trainer_overrides)
+    model = averaged_model(trainer, module)
+    if model is None:  # not global rank 0
+        return run_dir / RUN_EXPORT_DIR
+    return save_vae(model, run_dir / RUN_EXPORT_DIR,
                     extra={"trained_steps": trainer.global_step, "train_ids": train_ids,
                            "seconds": round(time.perf_counter() - start, 1)})
 
