@@ -100,3 +100,17 @@ def test_mar_training_errors_are_one_line(prepared, tiny_vae_run, tiny_latents, 
     vae_flag = run_mar3d("train", "vae", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run,
                          "--out", tmp_path / "c", check=2)
     assert "mar-lr / mar-hr" in vae_flag.stderr
+
+
+def test_exclude_holds_objects_out_of_training_and_validation(prepared):
+    from mar3d.cli.main import build_parser
+    from mar3d.cli.train import _load
+    from mar3d.training.selection import select_objects
+
+    args = build_parser().parse_args(["train", "vae", "--config", "tiny", "--data", str(prepared), "--out", "x",
+                                      "--exclude", WATERTIGHT_YCB[0], "teapot"])
+    config = _load(args)
+    assert config.data.exclude_ids == sorted([WATERTIGHT_YCB[0], "teapot"])
+    chosen = select_objects([prepared], config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
+    used = set(chosen.train_ids) | {i for ids in chosen.val.values() for i in ids}
+    assert WATERTIGHT_YCB[0] not in used and "teapot" not in used and WATERTIGHT_YCB[1] in used

@@ -220,6 +220,7 @@ def _fsdp_ema_rank(rank: int, port: int, out: str) -> None:
     with FSDP.summon_full_params(root):
         if rank == 0:
             torch.save([p.detach().clone() for p in module.ema.shadow.parameters()], out)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

@@ -34,6 +34,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--devices", type=int, help="override train.devices (GPUs per node; processes on CPU)")
     p.add_argument("--num-nodes", type=int, help="override train.num_nodes")
     p.add_argument("--only", nargs="+", metavar="ID", help="train on these prepared ids only (data.include_ids)")
+    p.add_argument("--exclude", nargs="+", metavar="ID",
+                   help="hold these prepared ids out of training and validation (data.exclude_ids, e.g. an evaluation set)")
     p.add_argument("--vae", metavar="RUN_OR_MODEL_DIR", help="mar-lr / mar-hr: the trained VAE")
     p.add_argument("--latents", metavar="CACHE_DIR", help="mar-lr / mar-hr: latents from `mar3d cache-latents`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for batch jobs)")
@@ -58,6 +60,8 @@ def _load(args):
         raise CLIError(str(e)) from None
     if args.only:
         config.data.include_ids = list(args.only)
+    if args.exclude:
+        config.data.exclude_ids = sorted(set(config.data.exclude_ids) | set(args.exclude))
     if is_vae:
         if args.vae or args.latents:
             raise CLIError("--vae and --latents belong to the mar-lr / mar-hr stages")
