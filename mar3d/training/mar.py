@@ -42,6 +42,7 @@ class MARDataConfig:
     exclude_ids: list[str] = field(default_factory=list)  # held out from everything (evaluation)
     measure_latent_scale: bool = True  # set model.latent_scale(s) to 1/std of the training latents
     val_views: int = 2  # views per validation object
+    cached_images: int = 0  # keep up to this many decoded items (image as uint8 + latents) in memory, per process
 
 
 @dataclass
@@ -53,8 +54,8 @@ class MARRunConfig:
     latents: str = ""  # optional `mar3d cache-latents` folder made with that VAE
 
     def validate(self) -> None:
-        if self.data.views_per_object < 0 or self.data.val_views < 1:
-            raise ConfigError("data.views_per_object must be >= 0 and data.val_views >= 1")
+        if self.data.views_per_object < 0 or self.data.val_views < 1 or self.data.cached_images < 0:
+            raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
 
 
 class ViewLatents(Dataset):
@@ -76,16 +77,19 @@ class ViewLatents(Dataset):
             raise ValueError(f"{self.root}: the objects have no rendered views")
         self.cache = Path(config.latents) if config.latents else None
         self.pyramid_sizes: tuple[int, ...] = ()
+        # index -> its image (uint8) and cached latents: decoding a 512² PNG costs more than a tiny MAR step,
+        # so small datasets keep their decoded items in memory (data.cached_images)
+        self._memory: dict[int, dict] = {}
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
+    def _load(self, index: int) -> dict:
+        """The deterministic part of an item: the image (8-bit values) and, with a cache, its latents."""
         item_id, j, view = self.items[index]
         with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
-            out = {"image": composite_on_white(im, self.config.data.image_size), "id": item_id, "view": j}
-        model = self.config.model
+            # Quantized to 8 bits always, so an image is the same whether it came from memory or not
+            # (and a resumed run, whose memory fills in another order, sees the same values).
+            out = {"image": (composite_on_white(im, self.config.data.image_size) * 255).round().to(torch.uint8)}
         if self.cache is not None:
+            model = self.config.model
             path = self.cache / f"{item_id}{latent_cache.SUFFIX}"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no cached latents for {item_id} (run `mar3d cache-latents`)")
@@ -93,7 +97,20 @@ class ViewLatents(Dataset):
                 out["latents"] = f.get_slice(latent_cache.tokens_key(model.num_tokens))[j]
                 if model.stage == "hr":
                     out[LR_TOKENS_KEY] = f.get_slice(latent_cache.tokens_key(model.lr_tokens))[j]
-        else:
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item_id, j, view = self.items[index]
+        loaded = self._memory.get(index)
+        if loaded is None:
+            loaded = self._load(index)
+            if len(self._memory) < self.config.data.cached_images:
+                self._memory[index] = loaded
+        out = dict(loaded, image=loaded["image"].float() / 255, id=item_id, view=j)
+        if self.cache is None:
             s = layout.read_samples(self.root, item_id)
             pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid_sizes, _torch_seeded_rng())
             out["pyramid"] = _rotate(view["rotation"], pyramid)
