@@ -151,6 +151,31 @@ def update_ema(ema: EMA, live: nn.Module, trainer: L.Trainer) -> None:
         ema.update(live)
 
 
+class AveragedModule(L.LightningModule):
+    """A LightningModule that trains one model (``live``) and keeps an EMA of it (``train.ema_decay``).
+
+    ``averaged`` is what validation and export use: the EMA weights when kept, else the live ones. The EMA
+    steps right after each optimizer step, not in ``on_train_batch_end``: the step's checkpoint must hold it.
+    """
+
+    @property
+    def live(self) -> nn.Module:
+        raise NotImplementedError
+
+    def keep_average(self, decay: float) -> None:
+        """Call once the live model exists."""
+        self.ema = EMA(self.live, decay) if decay > 0 else None
+
+    @property
+    def averaged(self) -> nn.Module:
+        return self.ema.shadow if self.ema is not None else self.live
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            update_ema(self.ema, self.live, self.trainer)
+
+
 def averaged_model(trainer: L.Trainer, module: L.LightningModule) -> nn.Module | None:
     """``module.averaged`` (the EMA weights when kept) whole, on global rank 0; None on the other ranks.
 

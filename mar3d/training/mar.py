@@ -24,9 +24,8 @@ from mar3d.data.datasets import _rotate, _torch_seeded_rng, composite_on_white, 
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
-from mar3d.training.common import averaged_model, configure_adamw, fit, update_ema
+from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import TrainConfig
-from mar3d.training.ema import EMA
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
 
@@ -117,19 +116,18 @@ class ViewLatents(Dataset):
         return out
 
 
-class MARModule(L.LightningModule):
+class MARModule(AveragedModule):
     def __init__(self, run_config: dict):
         super().__init__()
         self.save_hyperparameters()
         self.run_config = from_dict(MARRunConfig, run_config, "run config")
         self.mar = MAR(self.run_config.model)
-        decay = self.run_config.train.ema_decay
-        self.ema = EMA(self.mar, decay) if decay > 0 else None
+        self.keep_average(self.run_config.train.ema_decay)
         self._vae: list[PyramidVAE] = []  # frozen; a list keeps it out of the checkpoint
 
     @property
-    def averaged(self) -> MAR:
-        return self.ema.shadow if self.ema is not None else self.mar
+    def live(self) -> MAR:
+        return self.mar
 
     def attach_vae(self, vae: PyramidVAE) -> None:
         self._vae = [vae.eval().requires_grad_(False)]
@@ -156,11 +154,6 @@ class MARModule(L.LightningModule):
         self.log("train/mask_ratio", losses["mask_ratio"], batch_size=len(latents))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(latents))
         return losses["loss"]
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # here, not in on_train_batch_end: the step's checkpoint must include it
-            update_ema(self.ema, self.mar, self.trainer)
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
         latents, lr = self.batch_latents(batch)

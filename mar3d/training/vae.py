@@ -15,37 +15,29 @@ from mar3d.data import layout
 from mar3d.evaluation.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.vae import Posterior, PyramidVAE, save_vae
-from mar3d.training.common import averaged_model, configure_adamw, fit, update_ema
+from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import VAERunConfig
-from mar3d.training.ema import EMA
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
 
 
-class VAEModule(L.LightningModule):
+class VAEModule(AveragedModule):
     def __init__(self, run_config: dict):
         super().__init__()
         self.save_hyperparameters()
         self.run_config = from_dict(VAERunConfig, run_config, "run config")
         self.vae = PyramidVAE(self.run_config.model)
-        decay = self.run_config.train.ema_decay
-        self.ema = EMA(self.vae, decay) if decay > 0 else None
+        self.keep_average(self.run_config.train.ema_decay)
 
     @property
-    def averaged(self) -> PyramidVAE:
-        """The weights to validate and export: the EMA when there is one."""
-        return self.ema.shadow if self.ema is not None else self.vae
+    def live(self) -> PyramidVAE:
+        return self.vae
 
     @property
     def unused_parameters(self) -> bool:
         """Whether some parameters get no gradient in a step: learned queries train one token count at a time."""
         model = self.run_config.model
         return model.queries == "learned" and len(model.token_counts) > 1
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # here, not in on_train_batch_end: the step's checkpoint must include it
-            update_ema(self.ema, self.vae, self.trainer)
 
     def tokens_for_step(self, step: int) -> int:
         """Alternate the token counts step by step, so one VAE learns every count it must emit."""
