@@ -31,7 +31,7 @@ $PYTHON -m pip install -q --no-deps "pyrender==0.1.45"
 $PYTHON -c "import mar3d.data.render" && echo "mar3d installed: $(command -v mar3d)"
 
 if [ "${1:-}" != "--no-demo" ]; then
-    # Main job: prepare the 58 real YCB scans (samples + 56 views each) with both cores.
-    SHARED=${MAR3D_SHARED:-../shared}
-    mar3d prepare "$SHARED/data/ycb" --out runs/prepared/ycb --up-axis z --workers 2
+    # Main job: the bundled demo model turns every bundled example image (renders of held-out YCB scans)
+    # into a mesh plus a normal-map preview: outputs/<name>.glb and outputs/<name>.preview.png.
+    mar3d generate examples --out outputs --preview --overwrite
 fi

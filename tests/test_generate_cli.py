@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from conftest import FAST_PIPELINE_SETTINGS, run_mar3d
 from mar3d.cli.main import main
 from mar3d.models.io import RUN_EXPORT_DIR
-from mar3d.pipeline.pipeline import DEMO_MODEL_DIR, PIPELINE_FILE
+from mar3d.pipeline.pipeline import PIPELINE_FILE
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -65,6 +65,33 @@ def test_export_copies_a_runs_model(tiny_vae_run, tmp_path, capsys):
     (unfinished / "checkpoints").mkdir(parents=True)
     status, text = cli(capsys, "export", unfinished, "--out", tmp_path / "x")
     assert status == 2 and "has no exported model" in text and not (tmp_path / "x").exists()
+
+
+def test_export_in_bfloat16_halves_the_weights_and_generates_nearly_the_same(
+        tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, tiny_pipeline, inputs, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    settings = [f"--set={k}={v}" for k, v in FAST_PIPELINE_SETTINGS.items()]
+    status, text = cli(capsys, "export", "--vae", tiny_vae_run, "--mar-lr", tiny_mar_lr_run, "--mar-hr",
+                       tiny_mar_hr_run, "--out", out, "--dtype", "bfloat16", *settings)
+    assert status == 0, text
+    for part in ("vae", "mar_lr", "mar_hr"):
+        full, half = (folder / part / "model.safetensors" for folder in (tiny_pipeline, out))
+        weights = load_file(str(half))
+        assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.bfloat16}
+        assert half.stat().st_size < 0.55 * full.stat().st_size
+        reference = load_file(str(full))
+        for key, value in weights.items():  # the same weights, rounded to bf16's 8 bits of mantissa
+            assert torch.allclose(value.float(), reference[key].float(), rtol=1e-2, atol=1e-6), key
+    meshes = {}
+    for name, model in (("fp32", tiny_pipeline), ("bf16", out)):
+        status, text = cli(capsys, "generate", inputs["good"][0], "--model", model, "--out", tmp_path / name,
+                           "--seed", 3, "--no-progress")
+        assert status == 0, text
+        meshes[name] = trimesh.load(next((tmp_path / name).glob("*.glb")), force="mesh")
+    extent = meshes["fp32"].extents
+    assert abs(meshes["bf16"].extents - extent).max() < 0.1 * extent.max()
+    status, text = cli(capsys, "export", tiny_vae_run, "--out", tmp_path / "x", "--dtype", "int8")
+    assert status == 2 and "invalid choice" in text and not (tmp_path / "x").exists()
 
 
 def test_export_refuses_models_that_do_not_fit(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, tmp_path, capsys):
@@ -165,11 +192,13 @@ def test_no_hr_faces_folders_and_globs(tiny_pipeline, inputs, tmp_path, capsys):
     assert status == 1 and "none*.png: no files match" in text
 
 
-def test_generate_needs_a_model_and_valid_settings(tiny_pipeline, inputs, tmp_path, capsys):
+def test_generate_needs_a_model_and_valid_settings(tiny_pipeline, inputs, tmp_path, capsys, monkeypatch):
     image = inputs["good"][0]
-    if not DEMO_MODEL_DIR.exists():
-        status, text = cli(capsys, "generate", image, "--out", tmp_path)
-        assert status == 2 and "demo model" in text and "mar3d export" in text
+    # An installation without the bundled model (e.g. a slimmed package) says what to do.
+    monkeypatch.setattr("mar3d.pipeline.pipeline.DEMO_MODEL_DIR", tmp_path / "no_demo_model")
+    status, text = cli(capsys, "generate", image, "--out", tmp_path)
+    assert status == 2 and "demo model" in text and "mar3d export" in text
+    monkeypatch.undo()
     status, text = cli(capsys, "generate", image, "--model", tmp_path, "--out", tmp_path)
     assert status == 2 and "not a pipeline model folder" in text
     status, text = cli(capsys, "generate", image, "--model", tiny_pipeline, "--out", tmp_path, "--resolution", 2)

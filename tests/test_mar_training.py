@@ -55,6 +55,26 @@ def test_cache_resumes_and_refuses_another_vae(prepared, tiny_vae_run, tiny_late
     assert "another VAE" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_cache_of_the_first_views_only_and_a_clear_error_past_them(prepared, tiny_vae_run, tiny_latents, tmp_path):
+    from mar3d.config import load_config
+    from mar3d.training.mar import MARRunConfig, ViewLatents
+
+    item, cache = WATERTIGHT_YCB[0], tmp_path / "cache"
+    run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", cache, "--only", item, "--views", 3,
+              "--no-progress")
+    partial, full = latent_cache.read_item(cache, item), latent_cache.read_item(tiny_latents, item)
+    for key, value in partial.items():
+        assert value.shape[0] == 3 and torch.allclose(value, full[key][:3], atol=1e-5)
+    config = load_config("tiny", MARRunConfig, "mar")
+    config.latents = str(cache)
+    dataset = ViewLatents(prepared, [item], config, views=4)
+    assert dataset[2]["latents"].shape == (32, 32)
+    with pytest.raises(ValueError, match=r"holds 3 views, view 3 is needed.*views_per_object"):
+        dataset[3]
+    bad = run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", cache, "--views", -1, check=2)
+    assert "--views must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("stage", ["lr", "hr"])
 def test_mar_runs_train_and_export_ema_models(stage, tiny_mar_lr_run, tiny_mar_hr_run, tiny_latents):
     run = tiny_mar_lr_run if stage == "lr" else tiny_mar_hr_run

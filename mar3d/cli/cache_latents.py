@@ -23,6 +23,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--vae", required=True, metavar="RUN_OR_MODEL_DIR")
     p.add_argument("--out", required=True, metavar="CACHE_DIR")
     p.add_argument("--only", nargs="+", metavar="ID", help="cache only these object ids")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="encode only the first K views of each object (0: all); MAR training with "
+                        "data.views_per_object <= K reads no others")
     p.add_argument("--batch-size", type=int, default=8, help="views encoded together")
     p.add_argument("--seed", type=int, default=0, help="seeds the surface pyramid drawn per object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,6 +38,8 @@ def run(args) -> int:
     from mar3d.data import latent_cache as lc
     from mar3d.data import layout
 
+    if args.views < 0:
+        raise CLIError(f"--views must be >= 0, got {args.views}")
     vae = load_vae_arg(args.vae).eval()
     fingerprint = lc.vae_fingerprint(vae)
     out = Path(args.out)
@@ -58,7 +63,8 @@ def run(args) -> int:
     began = time.perf_counter()
     for root, item_id in tqdm(todo, desc="cache-latents", unit="object", disable=args.no_progress):
         try:
-            latents = lc.encode_item_views(vae, root, item_id, counts, seed=args.seed, batch_size=args.batch_size)
+            latents = lc.encode_item_views(vae, root, item_id, counts, seed=args.seed, batch_size=args.batch_size,
+                                           views=args.views)
         except (OSError, ValueError, KeyError) as e:
             tqdm.write(f"failed: {root / item_id}: {e}")
             failed += 1

@@ -26,6 +26,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="pipeline: a default sampling setting (lr_steps, hr_steps, cfg, cfg_schedule, temperature, "
                         "sampler, diffusion_steps, resolution, faces, image_size); repeatable")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="store the weights in this type (bfloat16 halves the folder; loading casts back to "
+                        "float32 parameters); default: as trained")
     p.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it exists")
 
 
@@ -37,14 +40,14 @@ def run(args) -> int:
         if args.run is not None:
             if any(parts.values()) or args.settings:
                 raise CLIError("give either RUN_DIR (copy one model) or --vae/--mar-lr/--mar-hr (a pipeline), not both")
-            out = export_model(args.run, args.out, args.overwrite)
+            out = export_model(args.run, args.out, args.overwrite, args.dtype)
             print(f"exported {args.run} -> {out}")
             return 0
         missing = [flag for flag, value in parts.items() if not value]
         if missing:
             raise CLIError(f"give RUN_DIR, or all of --vae, --mar-lr and --mar-hr (missing {', '.join(missing)})")
         out, notes = assemble_pipeline(args.vae, args.mar_lr, args.mar_hr, args.out, parse_settings(args.settings),
-                                       args.overwrite)
+                                       args.overwrite, args.dtype)
     except (ValueError, FileNotFoundError) as e:  # ExportError, ConfigError, unreadable weights
         raise CLIError(str(e)) from None
     for note in notes:

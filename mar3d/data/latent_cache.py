@@ -45,13 +45,14 @@ def tokens_key(tokens: int) -> str:
 
 @torch.no_grad()
 def encode_item_views(vae: PyramidVAE, root: str | Path, item_id: str, token_counts: list[int],
-                      seed: int = 0, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """``tokens_<N>`` -> (V, N, C) float32 posterior means of the item rotated into each of its V views."""
+                      seed: int = 0, batch_size: int = 8, views: int = 0) -> dict[str, torch.Tensor]:
+    """``tokens_<N>`` -> (V, N, C) float32 posterior means of the item rotated into each of its V views
+    (the first ``views`` of them when that is > 0, in the prepared order)."""
     samples = layout.read_samples(root, item_id)
-    views = layout.read_views(root, item_id)
+    chosen = layout.read_views(root, item_id)[:views or None]
     pyramid = draw_pyramid(samples["surface_points"], samples["surface_normals"], vae.config.pyramid_sizes(),
                            item_rng(seed, item_id))
-    rotated = [_rotate(v["rotation"], pyramid) for v in views]
+    rotated = [_rotate(v["rotation"], pyramid) for v in chosen]
     device = next(vae.parameters()).device
     out: dict[str, list[torch.Tensor]] = {tokens_key(n): [] for n in token_counts}
     for start in range(0, len(rotated), batch_size):

@@ -10,7 +10,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from mar3d.config import ConfigError, from_dict
 from mar3d.models.io import CONFIG_FILE, RUN_EXPORT_DIR, WEIGHTS_FILE, model_folder, read_model_config
@@ -52,10 +54,22 @@ def _document(folder: Path, label: str, kind: str) -> dict:
     return document
 
 
-def _copy_model(source: Path, target: Path) -> None:
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _copy_model(source: Path, target: Path, dtype: str | None = None) -> None:
+    """Copy a model folder; with ``dtype``, store its floating-point weights in that type (loading casts
+    them back to the model's float32 parameters, so only the precision changes)."""
     target.mkdir(exist_ok=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copyfile(source / name, target / name)
+    shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    if dtype is None:
+        shutil.copyfile(source / WEIGHTS_FILE, target / WEIGHTS_FILE)
+        return
+    if dtype not in WEIGHT_DTYPES:
+        raise ExportError(f"unknown weight dtype '{dtype}' (known: {', '.join(WEIGHT_DTYPES)})")
+    state = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v
+             for k, v in load_file(str(source / WEIGHTS_FILE)).items()}
+    save_file(state, str(target / WEIGHTS_FILE))
 
 
 def _sha256(path: Path) -> str:
@@ -87,15 +101,15 @@ def _check_target(out: str | Path, overwrite: bool) -> None:
         raise ExportError(f"{out} is a file, not a folder")
 
 
-def export_model(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Copy a run's final (EMA) model, RUN/model, to the model folder ``out``."""
+def export_model(run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None) -> Path:
+    """Copy a run's final (EMA) model, RUN/model, to the model folder ``out`` (weights stored as ``dtype``)."""
     folder = source_model(run, "RUN_DIR")
     kind = read_model_config(folder).get("kind")
     if kind not in LOADERS:
         raise ExportError(f"{folder}: unknown model kind '{kind}' (known: {', '.join(LOADERS)})")
     _check_target(out, overwrite)
     with atomic.atomic_folder(out, overwrite) as tmp:
-        _copy_model(folder, tmp)
+        _copy_model(folder, tmp, dtype)
         LOADERS[kind](tmp)  # the copy loads
     return Path(out)
 
@@ -119,8 +133,10 @@ def parse_settings(pairs: list[str]) -> dict:
 
 
 def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, out: str | Path,
-                      settings: dict | None = None, overwrite: bool = False) -> tuple[Path, list[str]]:
-    """Build a pipeline model folder (``mar3d.pipeline.pipeline``) from three runs or model folders.
+                      settings: dict | None = None, overwrite: bool = False,
+                      dtype: str | None = None) -> tuple[Path, list[str]]:
+    """Build a pipeline model folder (``mar3d.pipeline.pipeline``) from three runs or model folders
+    (weights stored as ``dtype``, e.g. "bfloat16" to halve the folder; None keeps them as they are).
 
     The defaults are ``SamplingDefaults`` with the steps capped at each MAR's token count and the image
     size the MARs were trained with (from their run config, when given runs), then ``settings``.
@@ -166,7 +182,7 @@ def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, o
     _check_target(out, overwrite)
     with atomic.atomic_folder(out, overwrite) as tmp:
         for name, flag in ((VAE_DIR, "--vae"), (MAR_LR_DIR, "--mar-lr"), (MAR_HR_DIR, "--mar-hr")):
-            _copy_model(folders[flag], tmp / name)
+            _copy_model(folders[flag], tmp / name, dtype)
         atomic.write_json(tmp / PIPELINE_FILE, {"format": FORMAT, "version": VERSION, "defaults": defaults,
                                                 "sources": sources})
         pipeline = MAR3DPipeline.from_pretrained(tmp)  # it loads, and the steps fit the models

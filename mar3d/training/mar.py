@@ -93,7 +93,11 @@ class ViewLatents(Dataset):
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no cached latents for {item_id} (run `mar3d cache-latents`)")
             with safe_open(str(path), framework="pt") as f:
-                out["latents"] = f.get_slice(latent_cache.tokens_key(model.num_tokens))[j]
+                target = f.get_slice(latent_cache.tokens_key(model.num_tokens))
+                if j >= target.get_shape()[0]:
+                    raise ValueError(f"{path}: holds {target.get_shape()[0]} views, view {j} is needed; set "
+                                     "data.views_per_object to at most that or re-run `mar3d cache-latents`")
+                out["latents"] = target[j]
                 if model.stage == "hr":
                     out[LR_TOKENS_KEY] = f.get_slice(latent_cache.tokens_key(model.lr_tokens))[j]
         return out

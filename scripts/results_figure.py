@@ -1,0 +1,87 @@
+"""The results table and picture of docs/results.md from `scripts/evaluate_demo.sh`'s evaluation folder.
+
+Table: the mean CD, F@0.1/0.05/0.02 and NC of each variant (EVAL/<variant>/metrics/metrics.json), written to
+EVAL/results.md and printed. Picture: one row per held-out object: the input view, normal maps of the
+MAR-LR-only and LR + HR meshes, and of the ground truth, all from the input camera (the evaluation's aligned
+meshes, framed together per row).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mar3d.evaluation.render_normals import render_normal_maps  # sets up OSMesa before trimesh/pyrender
+import trimesh  # noqa: E402
+
+VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)"), ("lr_only", "(a) MAR-LR only"),
+            ("lr_hr", "(b) MAR-LR + MAR-HR"), ("lr_hr_noaug", "(c) LR + HR, no condition augmentation")]
+COLUMNS = [("cd", "CD ↓"), ("f_score@0.1", "F@0.1 ↑"), ("f_score@0.05", "F@0.05 ↑"), ("f_score@0.02", "F@0.02 ↑"),
+           ("nc", "NC ↑")]
+CELL = 192
+
+
+def table(eval_dir: Path) -> str:
+    lines = ["| model | objects | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(COLUMNS)]
+    for name, title in VARIANTS:
+        path = eval_dir / name / "metrics" / "metrics.json"
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text())["summary"]
+        mean = summary["mean"]
+        lines.append(f"| {title} | {summary['evaluated']} of {summary['evaluated'] + summary['failed']} | "
+                     + " | ".join(f"{mean[key]:.3f}" for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _on_white(rgba: np.ndarray) -> Image.Image:
+    alpha = rgba[..., 3:] / 255.0
+    return Image.fromarray(np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8))
+
+
+def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
+    inputs = sorted(inputs_dir.glob("*.png"))
+    headers = ["input view", "MAR-LR only", "LR + HR", "ground truth"]
+    sheet = Image.new("RGB", (CELL * len(headers), 24 + CELL * len(inputs)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(headers):
+        draw.text((c * CELL + 8, 6), text, fill="black")
+    for r, image_path in enumerate(inputs):
+        stem, y = image_path.stem, 24 + r * CELL
+        with Image.open(image_path) as im:
+            sheet.paste(_on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS))), (0, y))
+        meshes = []
+        for variant, part in (("lr_only", "pred"), ("lr_hr", "pred"), ("lr_hr", "gt")):
+            path = eval_dir / variant / "metrics" / "aligned" / f"{stem}.{part}.glb"
+            meshes.append(trimesh.load(path, force="mesh") if path.exists() else None)
+        present = [m for m in meshes if m is not None and len(m.faces)]
+        renders = iter(row[0] for row in render_normal_maps(present, [np.eye(3)], CELL)) if present else iter(())
+        for c, mesh in enumerate(meshes, start=1):
+            if mesh is not None and len(mesh.faces):
+                sheet.paste(_on_white(next(renders)), (c * CELL, y))
+            else:
+                draw.text((c * CELL + 8, y + CELL // 2), "no surface", fill="black")
+        draw.text((4, y + CELL - 14), stem, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, optimize=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval", required=True, type=Path, help="the evaluation folder (runs/demo/eval)")
+    parser.add_argument("--inputs", required=True, type=Path, help="the input images (<id>.png)")
+    parser.add_argument("--out", required=True, type=Path, help="the picture (PNG)")
+    args = parser.parse_args()
+    text = table(args.eval)
+    (args.eval / "results.md").write_text(text + "\n")
+    print(text)
+    picture(args.eval, args.inputs, args.out)
+    print(f"picture -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
