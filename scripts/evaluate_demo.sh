@@ -31,7 +31,7 @@ PY
 if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
   resume=$([ -e "$RUNS/mar_hr_noaug/checkpoints/last.ckpt" ] && echo --resume || true)
   mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" \
-    --vae "$RUNS/vae" --latents "$RUNS/latents" --out "$RUNS/mar_hr_noaug" --max-steps 2000 $resume
+    --vae "$RUNS/vae" --latents "$RUNS/latents" --out "$RUNS/mar_hr_noaug" --max-steps 1500 $resume
 fi
 mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
   --dtype bfloat16 --overwrite

@@ -32,7 +32,7 @@ stage train-vae mar3d train vae --config small --data "${DATA[@]}" --exclude "${
   $(resume_flag "$RUNS/vae")
 # The MARs train on the upright orbit (mar/small.yaml: data.views_per_object 8): cache only those views.
 stage cache-latents mar3d cache-latents "${DATA[@]}" --vae "$RUNS/vae" --out "$RUNS/latents" --views 8
-declare -A STEPS=([lr]=6000 [hr]=2000)  # an MAR-HR step costs ~4x an MAR-LR step
+declare -A STEPS=([lr]=5000 [hr]=1500)  # an MAR-HR step costs ~4x an MAR-LR step
 for s in lr hr; do
   stage "train-mar-$s" mar3d train "mar-$s" --config small --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" \
     --vae "$RUNS/vae" --latents "$RUNS/latents" --out "$RUNS/mar_$s" --max-steps "${STEPS[$s]}" \

@@ -90,8 +90,8 @@ def test_export_in_bfloat16_halves_the_weights_and_generates_nearly_the_same(
         meshes[name] = trimesh.load(next((tmp_path / name).glob("*.glb")), force="mesh")
     extent = meshes["fp32"].extents
     assert abs(meshes["bf16"].extents - extent).max() < 0.1 * extent.max()
-    status, text = cli(capsys, "export", tiny_vae_run, "--out", tmp_path / "x", "--dtype", "int8")
-    assert status == 2 and "invalid choice" in text and not (tmp_path / "x").exists()
+    refused = run_mar3d("export", tiny_vae_run, "--out", tmp_path / "x", "--dtype", "int8", check=2)
+    assert "invalid choice: 'int8'" in refused.stderr and not (tmp_path / "x").exists()
 
 
 def test_export_refuses_models_that_do_not_fit(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, tmp_path, capsys):
