@@ -51,7 +51,7 @@ run_variant lr_only "$MODEL" --no-hr
 run_variant lr_hr "$MODEL"
 run_variant lr_hr_noaug "$RUNS/model_noaug"
 
-# 4. The VAE ceiling: the held-out objects through the VAE alone (512 tokens), in the canonical frame.
+# 4. The VAE ceiling: the held-out objects through the VAE alone (512 tokens), written in their source files' frame.
 mar3d reconstruct "${HOLDOUT[@]/#/$PREPARED/}" --vae "$MODEL/vae" --out "$EVAL/vae/meshes" --tokens 512
 mar3d evaluate --pred "$EVAL/vae/meshes" --gt "$PREPARED" --align none --out "$EVAL/vae/metrics"
 
