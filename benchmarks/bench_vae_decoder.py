@@ -6,9 +6,10 @@ query projection, one cross-attention against the cached latent keys/values, the
 times that path on chunks of query points for a VAE config (default: the small demo config, 1024 tokens),
 counts its FLOPs analytically, and in the same run measures the bf16 matmul FLOP/s of a large square
 matmul, so the ratio is machine-independent. Weights are random (throughput does not depend on them).
-Targets (issue 3): decoder achieved FLOP/s >= 50% of the matmul FLOP/s.
+Targets (issue 3): decoder achieved FLOP/s >= 50% of the matmul FLOP/s. ``--device cuda`` runs it on a GPU
+(the reference matmul is then 8192², large enough to reach a GPU's bf16 peak).
 
-    python benchmarks/bench_vae_decoder.py [--config small] [--tokens 1024] [--queries 262144]
+    python benchmarks/bench_vae_decoder.py [--config small] [--tokens 1024] [--queries 262144] [--device cpu]
                                            [--chunk 65536] [--threads N] [--out benchmarks/results/vae_decoder.json]
 """
 from __future__ import annotations
@@ -27,18 +28,29 @@ from mar3d.training.config import VAERunConfig
 TARGET_FRACTION = 0.5
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn, min_seconds: float = 1.0) -> float:
-    """Seconds per call, after one warm-up call, repeated for at least ``min_seconds``."""
+    """Seconds per call, after one warm-up call, repeated for at least ``min_seconds`` (GPU work awaited)."""
     fn()
+    sync()
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:
         fn()
         calls += 1
+    sync()
     return (time.perf_counter() - start) / calls
 
 
-def matmul_flops(dtype: torch.dtype, size: int = 2048) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_flops(dtype: torch.dtype) -> float:
+    size = 8192 if DEVICE.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, dtype=dtype, device=DEVICE) for _ in range(2))
     return 2 * size**3 / timed(lambda: a @ b)
 
 
@@ -57,10 +69,11 @@ def part_fractions(width: int, heads: int, tokens: int, chunk: int) -> dict:
     the attention kernel (scores + weighted values over the cached keys/values) and the linear layers."""
     import torch.nn.functional as F
 
-    q = torch.randn(1, heads, chunk, width // heads, dtype=torch.bfloat16)
-    k, v = torch.randn(2, 1, heads, tokens, width // heads, dtype=torch.bfloat16)
-    x = torch.randn(chunk, width, dtype=torch.bfloat16)
-    w = torch.randn(4 * width, width, dtype=torch.bfloat16)
+    options = dict(dtype=torch.bfloat16, device=DEVICE)
+    q = torch.randn(1, heads, chunk, width // heads, **options)
+    k, v = torch.randn(2, 1, heads, tokens, width // heads, **options)
+    x = torch.randn(chunk, width, **options)
+    w = torch.randn(4 * width, width, **options)
     peak = matmul_flops(torch.bfloat16)
     attention = 4 * chunk * tokens * width / timed(lambda: F.scaled_dot_product_attention(q, k, v))
     linear = 2 * chunk * width * 4 * width / timed(lambda: F.linear(x, w))
@@ -76,20 +89,23 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2**18)
     parser.add_argument("--chunk", type=int, default=2**16)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vae_decoder.json"))
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.config, VAERunConfig, "vae").model
-    vae = PyramidVAE(config).eval()
-    latents = torch.randn(1, args.tokens, config.latent_channels)
-    points = torch.rand(1, args.queries, 3) * 2.1 - 1.05
+    vae = PyramidVAE(config).eval().to(DEVICE)
+    latents = torch.randn(1, args.tokens, config.latent_channels, device=DEVICE)
+    points = torch.rand(1, args.queries, 3, device=DEVICE) * 2.1 - 1.05
     flops = query_flops(config.width, args.tokens, config.fourier_octaves)
 
     rows = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             cache = vae.prepare_decoder(latents)
             seconds = timed(lambda: [vae.query(cache, c) for c in points.split(args.chunk, dim=1)])
         rows[name] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
@@ -97,12 +113,13 @@ def main() -> None:
     rows["parts"] = part_fractions(config.width, config.heads, args.tokens, args.chunk)
     result = {
         "config": args.config, "width": config.width, "tokens": args.tokens, "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "flops_per_query": flops, **rows,
         "bf16_over_fp32_throughput": rows["bf16"]["queries_per_s"] / rows["fp32"]["queries_per_s"],
         "bf16_fraction_of_matmul": rows["bf16"]["flops_per_s"] / rows["bf16"]["matmul_flops_per_s"],
     }
     print(f"VAE decoder ({args.config}: width {config.width}, {args.tokens} tokens, "
-          f"{flops / 1e6:.2f} MFLOP per query, {result['threads']} threads)\n")
+          f"{flops / 1e6:.2f} MFLOP per query, {result['device']}, {result['threads']} threads)\n")
     print("| precision | queries/s | decoder GFLOP/s | matmul GFLOP/s | fraction |")
     print("|---|---:|---:|---:|---:|")
     for name in ("fp32", "bf16"):

@@ -61,7 +61,7 @@ def run_mar3d(*args, check: int = 0, all_threads: bool = False):
     return result
 
 
-VAE_STEPS = 600
+VAE_STEPS = 2500  # the tiny config's schedule: what it needs to fit the four scans (docs/vae.md)
 MAR_STEPS = 300
 
 

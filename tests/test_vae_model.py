@@ -43,6 +43,26 @@ def test_kl_is_zero_exactly_at_the_prior():
     assert (Posterior(torch.randn(3, 4, 2), torch.randn(3, 4, 2)).kl() > 0).all()
 
 
+def test_training_latents_are_seeded_samples_or_the_mean_by_share():
+    """``mean_decode_share`` decides per shape, from the shape's seed, whether it trains on its mean."""
+    from mar3d.models.vae import Posterior
+    from mar3d.training.vae import sample_per_shape
+
+    posterior = Posterior(torch.randn(64, 4, 2), torch.zeros(64, 4, 2))
+    seeds = torch.arange(64)
+
+    def is_mean(latents):
+        return (latents == posterior.mean).flatten(1).all(1)
+
+    assert not is_mean(sample_per_shape(posterior, seeds)).any()
+    assert is_mean(sample_per_shape(posterior, seeds, mean_share=1.0)).all()
+    half = sample_per_shape(posterior, seeds, mean_share=0.5)
+    assert 16 < is_mean(half).sum() < 48  # about half, chosen by seed
+    assert torch.equal(half, sample_per_shape(posterior, seeds, mean_share=0.5))  # deterministic
+    one = sample_per_shape(Posterior(posterior.mean[5:6], posterior.logvar[5:6]), seeds[5:6], mean_share=0.5)
+    assert torch.equal(one, half[5:6])  # a shape's choice and noise do not depend on its batch
+
+
 def test_batched_encoding_and_decoding_equal_one_by_one():
     config = VAEConfig(**SMALL, token_counts=[16, 64])
     vae = PyramidVAE(config).eval()

@@ -8,6 +8,7 @@ import trimesh
 
 from conftest import VAE_STEPS, WATERTIGHT_YCB, run_mar3d as mar3d
 from mar3d.data import layout
+from mar3d.data.datasets import draw_supervision
 from mar3d.evaluation.occupancy import volume_iou
 from mar3d.evaluation.surface import chamfer_distance
 from mar3d.models.vae import load_vae
@@ -36,22 +37,23 @@ def test_training_run_writes_checkpoints_logs_config_and_model(tiny_run):
     assert vae.config.token_counts == [32, 128]
 
 
-def test_tiny_vae_learns_the_real_scans(tiny_run, prepared):
-    """600 CPU steps of the tiny config: the posterior mean decodes the scans' volume.
+def test_tiny_vae_overfits_the_real_scans(tiny_run, prepared):
+    """Issue 3's target: 2500 CPU steps of the tiny config fit each of the four scans to volume IoU >= 0.90
+    on its supervision points (fresh draws from the stored pool: 1/4 near the surface, 3/4 uniform), for
+    both token counts, decoding the posterior mean.
 
-    Measured: uniform-point IoU about 0.93 for both token counts; the 1/4 near-surface points (within
-    sigma = 0.005 / 0.02 of the surface) are the hard part (IoU about 0.65). Issue 3's target of IoU >= 0.90
-    on the mixed supervision points is not met by this budget yet (see docs/vae.md).
+    Measured (docs/vae.md): box, banana and apple 0.999-1.0, the pitcher (handle, spout) 0.958; the
+    near-surface quarter alone 0.94 for the pitcher.
     """
     vae = load_vae(tiny_run / "model")
-    near = layout.read_meta(prepared, WATERTIGHT_YCB[0])["counts"]["occupancy_near_surface"]
     for item_id in WATERTIGHT_YCB:
         shape = samples_from_prepared(prepared, item_id)
-        points, labels = (torch.from_numpy(a[near:][::5]) for a in shape.occupancy)  # uniform part
+        near = layout.read_meta(prepared, item_id)["counts"]["occupancy_near_surface"]
+        points, labels = draw_supervision(*shape.occupancy, near, 20480, np.random.default_rng(7))
         for tokens in vae.config.token_counts:
             latents = encode_shapes(vae, [shape], tokens)
-            iou = volume_iou(query_latents(vae, latents, points[None]), labels[None].float())
-            assert iou.item() >= 0.85, (item_id, tokens, iou)
+            iou = volume_iou(query_latents(vae, latents, points[None]), labels[None])
+            assert iou.item() >= 0.90, (item_id, tokens, iou)
 
 
 def test_reconstructed_meshes_match_the_scans(tiny_run, prepared, tmp_path):
@@ -116,16 +118,17 @@ def test_evaluate_vae_scores_token_counts_and_draws_the_curve(tiny_run, prepared
     out = tmp_path / "eval"
     ids = WATERTIGHT_YCB[1:3]
     result = mar3d("evaluate-vae", "--vae", f"tiny={tiny_run}", "--data", prepared, "--only", *ids,
-                   "--out", out, "--resolution", "96", "--no-progress", "--meshes")
+                   "--out", out, "--resolution", "96", "--no-progress", "--meshes", "--tokens", "32", "64", "128")
     assert "evaluated 2 objects, 0 failed" in result.stdout
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert sorted((r["id"], int(r["tokens"])) for r in rows) == sorted((i, t) for i in ids for t in (32, 128))
+    assert sorted((r["id"], int(r["tokens"])) for r in rows) == sorted((i, t) for i in ids for t in (32, 64, 128))
     for r in rows:  # a fitted VAE: the volume is right, the surface is close (96^3 grid: 0.022-unit cells)
+        # 64 tokens were never trained: FPS queries encode any count, and it decodes like its neighbours.
         assert float(r["iou_uniform"]) > 0.85 and float(r["cd"]) < 0.03 and float(r["nc"]) > 0.8, r
         assert 0 <= float(r["f_score@0.01"]) <= float(r["f_score@0.02"]) <= 1
     summary = json.loads((out / "summary.json").read_text())["models"]["tiny"]
     assert summary["128"]["objects"] == 2
     assert (out / "curve_iou_uniform.svg").read_text().startswith("<svg")
-    assert len(list((out / "meshes" / "tiny").rglob("*.glb"))) == 4
+    assert len(list((out / "meshes" / "tiny").rglob("*.glb"))) == 6
     bad = mar3d("evaluate-vae", "--vae", tmp_path / "nope", "--data", prepared, "--out", out, check=2)
     assert "--vae" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import igl
 import numpy as np
 
 from mar3d.data.normalize import DECODE_BOX
@@ -45,6 +44,8 @@ def sample_surface(
 
 def winding_numbers(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Generalized winding number of each point, (Q,) float64; about 1 inside, 0 outside."""
+    import igl  # here, not at the top: commands that never sample (train, generate) run without libigl
+
     return igl.fast_winding_number(
         np.ascontiguousarray(vertices, dtype=np.float64),
         np.ascontiguousarray(faces, dtype=np.int64),

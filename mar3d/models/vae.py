@@ -41,6 +41,10 @@ class VAEConfig:
     points_per_token: int = 16  # densest level size / token count (paper: 16384 points -> 1024 tokens)
     token_counts: list[int] = field(default_factory=lambda: [256, 1024])  # counts it is trained to emit
     kl_weight: float = 0.001  # paper Eq. 3 / release
+    # Share of training shapes decoded from the posterior mean instead of a sample (docs/vae.md): every later
+    # stage decodes means, which a decoder trained on samples alone can misread (unused channels are pure noise
+    # in training and exactly zero in the mean).
+    mean_decode_share: float = 0.0
 
     def validate(self) -> None:
         if self.width % self.heads:

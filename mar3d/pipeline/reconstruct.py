@@ -58,7 +58,9 @@ def encode_shapes(vae: PyramidVAE, shapes: list[ShapeSamples], tokens: int, seed
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Posterior-mean latents (B, tokens, C) of the shapes (a seeded surface pyramid each)."""
     device = next(vae.parameters()).device
-    sizes = vae.config.pyramid_sizes()
+    # The trained counts share one nested draw (as in training); FPS queries also encode any other count.
+    config = vae.config
+    sizes = config.pyramid_sizes() if tokens in config.token_counts else config.level_sizes(tokens)
     levels = [draw_pyramid(s.surface_points, s.surface_normals, sizes, item_rng(seed, s.id)) for s in shapes]
     pyramid = [torch.stack(level).to(device) for level in zip(*levels)]
     with autocast_for(device, dtype):
