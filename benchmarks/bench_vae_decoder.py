@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2**16)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the bf16 path under torch.compile (fuses the element-wise work; an "
+                             "experiment: mesh extraction does not compile the decoder)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vae_decoder.json"))
     args = parser.parse_args()
     global DEVICE
@@ -110,6 +113,13 @@ def main() -> None:
             seconds = timed(lambda: [vae.query(cache, c) for c in points.split(args.chunk, dim=1)])
         rows[name] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
                       "matmul_flops_per_s": matmul_flops(dtype)}
+    if args.compile:
+        query = torch.compile(vae.query, dynamic=False)
+        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            cache = vae.prepare_decoder(latents)
+            seconds = timed(lambda: [query(cache, c) for c in points.split(args.chunk, dim=1)])
+        rows["bf16_compiled"] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
+                                 "matmul_flops_per_s": matmul_flops(torch.bfloat16)}
     rows["parts"] = part_fractions(config.width, config.heads, args.tokens, args.chunk)
     result = {
         "config": args.config, "width": config.width, "tokens": args.tokens, "threads": torch.get_num_threads(),
@@ -122,7 +132,9 @@ def main() -> None:
           f"{flops / 1e6:.2f} MFLOP per query, {result['device']}, {result['threads']} threads)\n")
     print("| precision | queries/s | decoder GFLOP/s | matmul GFLOP/s | fraction |")
     print("|---|---:|---:|---:|---:|")
-    for name in ("fp32", "bf16"):
+    for name in ("fp32", "bf16", "bf16_compiled"):
+        if name not in rows:
+            continue
         r = rows[name]
         print(f"| {name} | {r['queries_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | "
               f"{r['matmul_flops_per_s'] / 1e9:.1f} | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} |")
