@@ -151,6 +151,7 @@ def test_bundled_configs_load_and_paper_size_is_release_scale():
     ({"model": {"width": 65, "heads": 4}}, "divisible"),
     ({"model": {"queries": "random"}}, "must be one of"),
     ({"train": {"lr": -1.0}}, "train.lr"),
+    ({"model": {"mean_decode_share": 1.5}}, "model.mean_decode_share must be in"),
     ({"trian": {}}, "did you mean 'train'"),
 ])
 def test_config_errors_name_the_key(data, message):

@@ -56,6 +56,8 @@ class VAEConfig:
                 raise ConfigError(f"model: {n} tokens do not give whole pyramid levels")
         if self.queries == "fps" and self.points_per_token < 1:
             raise ConfigError("model.points_per_token must be >= 1")
+        if not 0 <= self.mean_decode_share <= 1:
+            raise ConfigError(f"model.mean_decode_share must be in [0, 1], got {self.mean_decode_share}")
 
     @property
     def num_levels(self) -> int:
