@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mar3d.evaluation.render_normals import render_normal_maps  # sets up OSMesa before trimesh/pyrender
+from mar3d.evaluation.render_normals import normal_map_row, on_white  # sets up OSMesa before trimesh/pyrender
 import trimesh  # noqa: E402
 
 VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)"), ("lr_only", "(a) MAR-LR only"),
@@ -53,11 +53,6 @@ def table(eval_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _on_white(rgba: np.ndarray) -> Image.Image:
-    alpha = rgba[..., 3:] / 255.0
-    return Image.fromarray(np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8))
-
-
 def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
     inputs = sorted(inputs_dir.glob("*.png"))
     headers = ["input view", "MAR-LR only", "LR + HR", "ground truth"]
@@ -68,16 +63,14 @@ def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
     for r, image_path in enumerate(inputs):
         stem, y = image_path.stem, 24 + r * CELL
         with Image.open(image_path) as im:
-            sheet.paste(_on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS))), (0, y))
+            sheet.paste(Image.fromarray(on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS)))), (0, y))
         meshes = []
         for variant, part in (("lr_only", "pred"), ("lr_hr", "pred"), ("lr_hr", "gt")):
             path = eval_dir / variant / "metrics" / "aligned" / f"{stem}.{part}.glb"
             meshes.append(trimesh.load(path, force="mesh") if path.exists() else None)
-        present = [m for m in meshes if m is not None and len(m.faces)]
-        renders = iter(row[0] for row in render_normal_maps(present, [np.eye(3)], CELL)) if present else iter(())
-        for c, mesh in enumerate(meshes, start=1):
-            if mesh is not None and len(mesh.faces):
-                sheet.paste(_on_white(next(renders)), (c * CELL, y))
+        for c, cell in enumerate(normal_map_row(meshes, np.eye(3), CELL), start=1):
+            if cell is not None:
+                sheet.paste(Image.fromarray(cell), (c * CELL, y))
             else:
                 draw.text((c * CELL + 8, y + CELL // 2), "no surface", fill="black")
         draw.text((4, y + CELL - 14), stem, fill="black")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mar3d.evaluation.render_normals import render_normal_maps  # sets up OSMesa before trimesh/pyrender
+from mar3d.evaluation.render_normals import normal_map_row  # sets up OSMesa before trimesh/pyrender
 import trimesh  # noqa: E402
 
 from mar3d.evaluation.vae_reconstruction import METRICS, normalized_ground_truth  # noqa: E402
@@ -64,13 +64,8 @@ def picture(eval_dirs: list[Path], data: Path, models: list[str], tokens: int, i
     for r, item_id in enumerate(ids):
         y = 24 + r * CELL
         meshes = [normalized_ground_truth(data, item_id)] + [find_mesh(eval_dirs, m, tokens, item_id) for m in models]
-        present = [m for m in meshes if m is not None and len(m.faces)]
-        renders = iter(row[0] for row in render_normal_maps(present, [oblique()], CELL))
-        for c, mesh in enumerate(meshes):
-            if mesh is not None and len(mesh.faces):
-                rgba = next(renders)
-                alpha = rgba[..., 3:] / 255.0
-                cell = np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        for c, cell in enumerate(normal_map_row(meshes, oblique(), CELL)):
+            if cell is not None:
                 sheet.paste(Image.fromarray(cell), (c * CELL, y))
             else:
                 draw.text((c * CELL + 8, y + CELL // 2), "no surface", fill="black")

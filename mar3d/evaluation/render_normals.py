@@ -64,3 +64,18 @@ def render_normal_maps(meshes: list[trimesh.Trimesh], rotations: list[np.ndarray
         return images
     finally:
         renderer.delete()
+
+
+def on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA -> (H, W, 3) uint8 RGB composited on white."""
+    alpha = rgba[..., 3:] / 255.0
+    return np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+
+
+def normal_map_row(meshes: list[trimesh.Trimesh | None], rotation: np.ndarray,
+                   resolution: int = 256) -> list[np.ndarray | None]:
+    """One row of a comparison picture: each mesh's normal map on white, (H, W, 3) uint8, framed together;
+    None where a mesh is missing or has no faces."""
+    present = [m for m in meshes if m is not None and len(m.faces)]
+    renders = iter(row[0] for row in render_normal_maps(present, [rotation], resolution)) if present else iter(())
+    return [on_white(next(renders)) if m is not None and len(m.faces) else None for m in meshes]
