@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from mar3d.evaluation.render_normals import normal_map_row, on_white  # sets up OSMesa before trimesh/pyrender
+from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row, on_white  # OSMesa before pyrender
 import trimesh  # noqa: E402
 
 VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)"), ("lr_only", "(a) MAR-LR only"),
@@ -54,26 +54,16 @@ def table(eval_dir: Path) -> str:
 
 
 def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
-    inputs = sorted(inputs_dir.glob("*.png"))
-    headers = ["input view", "MAR-LR only", "LR + HR", "ground truth"]
-    sheet = Image.new("RGB", (CELL * len(headers), 24 + CELL * len(inputs)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, text in enumerate(headers):
-        draw.text((c * CELL + 8, 6), text, fill="black")
-    for r, image_path in enumerate(inputs):
-        stem, y = image_path.stem, 24 + r * CELL
+    rows = []
+    for image_path in sorted(inputs_dir.glob("*.png")):
         with Image.open(image_path) as im:
-            sheet.paste(Image.fromarray(on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS)))), (0, y))
+            view = on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS)))
         meshes = []
         for variant, part in (("lr_only", "pred"), ("lr_hr", "pred"), ("lr_hr", "gt")):
-            path = eval_dir / variant / "metrics" / "aligned" / f"{stem}.{part}.glb"
+            path = eval_dir / variant / "metrics" / "aligned" / f"{image_path.stem}.{part}.glb"
             meshes.append(trimesh.load(path, force="mesh") if path.exists() else None)
-        for c, cell in enumerate(normal_map_row(meshes, np.eye(3), CELL), start=1):
-            if cell is not None:
-                sheet.paste(Image.fromarray(cell), (c * CELL, y))
-            else:
-                draw.text((c * CELL + 8, y + CELL // 2), "no surface", fill="black")
-        draw.text((4, y + CELL - 14), stem, fill="black")
+        rows.append((image_path.stem, [view] + normal_map_row(meshes, np.eye(3), CELL)))
+    sheet = comparison_sheet(["input view", "MAR-LR only", "LR + HR", "ground truth"], rows, CELL)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(256).save(out, optimize=True)  # a palette keeps the README picture small
 

@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from mar3d.evaluation.render_normals import normal_map_row  # sets up OSMesa before trimesh/pyrender
+from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row  # OSMesa before pyrender
 import trimesh  # noqa: E402
 
 from mar3d.evaluation.vae_reconstruction import METRICS, normalized_ground_truth  # noqa: E402
@@ -56,20 +55,11 @@ def find_mesh(eval_dirs: list[Path], model: str, tokens: int, item_id: str) -> t
 
 
 def picture(eval_dirs: list[Path], data: Path, models: list[str], tokens: int, ids: list[str], out: Path) -> None:
-    headers = ["ground truth"] + [f"{m} ({tokens} tokens)" for m in models]
-    sheet = Image.new("RGB", (CELL * len(headers), 24 + CELL * len(ids)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, text in enumerate(headers):
-        draw.text((c * CELL + 8, 6), text, fill="black")
-    for r, item_id in enumerate(ids):
-        y = 24 + r * CELL
+    rows = []
+    for item_id in ids:
         meshes = [normalized_ground_truth(data, item_id)] + [find_mesh(eval_dirs, m, tokens, item_id) for m in models]
-        for c, cell in enumerate(normal_map_row(meshes, oblique(), CELL)):
-            if cell is not None:
-                sheet.paste(Image.fromarray(cell), (c * CELL, y))
-            else:
-                draw.text((c * CELL + 8, y + CELL // 2), "no surface", fill="black")
-        draw.text((4, y + CELL - 14), item_id, fill="black")
+        rows.append((item_id, normal_map_row(meshes, oblique(), CELL)))
+    sheet = comparison_sheet(["ground truth"] + [f"{m} ({tokens} tokens)" for m in models], rows, CELL)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(256).save(out, optimize=True)  # a palette keeps the docs picture small
 

@@ -236,3 +236,20 @@ def test_evaluate_cli_with_known_cameras(tmp_path, capsys, mustard):
         assert o["alignment"] == "view" and o["view"] == j
         assert np.allclose(o["rotation"], views[j]["rotation"], atol=1e-6)
         assert o["metrics"]["cd"] < 1.1 * floor_cd(transformed(mustard, similarity(views[j]["rotation"])))
+
+
+def test_comparison_picture_rows_frame_meshes_together_and_mark_missing_ones(mustard):
+    from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row
+
+    small = mustard.copy()
+    small.apply_scale(0.5)
+    row = normal_map_row([mustard, None, trimesh.Trimesh(), small], np.eye(3), 64)
+    assert row[1] is None and row[2] is None
+    full, half = (image.min(axis=2) < 250 for image in (row[0], row[3]))  # not white: the object
+    assert full.shape == (64, 64) and 0.15 < half.sum() / full.sum() < 0.4  # one frame: half size, ~1/4 area
+    sheet = comparison_sheet(["a", "b", "c", "d"], [("mustard", row)], 64)
+    assert sheet.size == (4 * 64, 24 + 64)
+    pixels = np.asarray(sheet)
+    assert np.array_equal(pixels[24:24 + 48, :64], row[0][:48])  # pasted as rendered (the label is below)
+    assert (pixels[24:24 + 24, 64:192] == 255).all()  # the missing meshes: white cells (their note is lower)
+    assert (pixels[24 + 28:24 + 48, 64:128] < 128).any()  # ... with "no surface" written in them
