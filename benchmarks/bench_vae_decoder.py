@@ -10,6 +10,7 @@ Targets (issue 3): decoder achieved FLOP/s >= 50% of the matmul FLOP/s. ``--devi
 (the reference matmul is then 8192², large enough to reach a GPU's bf16 peak).
 
     python benchmarks/bench_vae_decoder.py [--config small] [--tokens 1024] [--queries 262144] [--device cpu]
+                                           [--compile]
                                            [--chunk 65536] [--threads N] [--out benchmarks/results/vae_decoder.json]
 """
 from __future__ import annotations
@@ -106,20 +107,16 @@ def main() -> None:
     points = torch.rand(1, args.queries, 3, device=DEVICE) * 2.1 - 1.05
     flops = query_flops(config.width, args.tokens, config.fourier_octaves)
 
+    variants = [("fp32", torch.float32, vae.query), ("bf16", torch.bfloat16, vae.query)]
+    if args.compile:
+        variants.append(("bf16_compiled", torch.bfloat16, torch.compile(vae.query, dynamic=False)))
     rows = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype, query in variants:
         with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             cache = vae.prepare_decoder(latents)
-            seconds = timed(lambda: [vae.query(cache, c) for c in points.split(args.chunk, dim=1)])
+            seconds = timed(lambda: [query(cache, c) for c in points.split(args.chunk, dim=1)])
         rows[name] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
                       "matmul_flops_per_s": matmul_flops(dtype)}
-    if args.compile:
-        query = torch.compile(vae.query, dynamic=False)
-        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            cache = vae.prepare_decoder(latents)
-            seconds = timed(lambda: [query(cache, c) for c in points.split(args.chunk, dim=1)])
-        rows["bf16_compiled"] = {"queries_per_s": args.queries / seconds, "flops_per_s": flops * args.queries / seconds,
-                                 "matmul_flops_per_s": matmul_flops(torch.bfloat16)}
     rows["parts"] = part_fractions(config.width, config.heads, args.tokens, args.chunk)
     result = {
         "config": args.config, "width": config.width, "tokens": args.tokens, "threads": torch.get_num_threads(),
@@ -132,9 +129,7 @@ def main() -> None:
           f"{flops / 1e6:.2f} MFLOP per query, {result['device']}, {result['threads']} threads)\n")
     print("| precision | queries/s | decoder GFLOP/s | matmul GFLOP/s | fraction |")
     print("|---|---:|---:|---:|---:|")
-    for name in ("fp32", "bf16", "bf16_compiled"):
-        if name not in rows:
-            continue
+    for name, _, _ in variants:
         r = rows[name]
         print(f"| {name} | {r['queries_per_s']:,.0f} | {r['flops_per_s'] / 1e9:.1f} | "
               f"{r['matmul_flops_per_s'] / 1e9:.1f} | {r['flops_per_s'] / r['matmul_flops_per_s']:.0%} |")
