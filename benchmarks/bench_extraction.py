@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark hierarchical against dense mesh extraction at 256^3 on real YCB scans (DESIGN.md §7).
+"""Benchmark hierarchical against dense mesh extraction at 256^3 on real YCB scans (docs/method.md §7).
 
 Two occupancy fields per scan, in the normalized frame the training data uses:
 

@@ -11,7 +11,7 @@ What is measured, per mesh (the 58 textured YCB scans by default):
   remesh) and occupancy labels (sign of the remesh's SDF, trilinear) are drawn and written like ours.
   It renders nothing, so it is compared with our samples alone and with our samples + views.
 
-Why: DESIGN.md section 3 labels occupancy with winding numbers on the raw mesh instead of remeshing first.
+Why: docs/method.md §3 labels occupancy with winding numbers on the raw mesh instead of remeshing first.
 Targets: <= 4 s per mesh for samples + 56 views on one core, >= 10x faster than the baseline, <= 2 GB peak
 memory per worker. Each side runs its items in sequence in its own fresh spawned process pinned to one core,
 so the peak RSS is that of one `mar3d prepare` worker. mesh2sdf takes over a minute per mesh on one core, so

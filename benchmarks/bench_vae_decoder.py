@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """VAE decoder throughput: bf16 vs fp32, and achieved FLOP/s against this machine's bf16 matmul FLOP/s.
 
-Grid decoding spends nearly all its time in the decoder's per-query path (DESIGN.md §7): Fourier embedding,
+Grid decoding spends nearly all its time in the decoder's per-query path (docs/method.md §7): Fourier embedding,
 query projection, one cross-attention against the cached latent keys/values, the output MLP. This script
 times that path on chunks of query points for a VAE config (default: the small demo config, 1024 tokens),
 counts its FLOPs analytically, and in the same run measures the bf16 matmul FLOP/s of a large square

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce docs/results.md: the demo model on the held-out YCB objects, following docs/EVAL.md.
+# Reproduce docs/results.md: the demo model on the held-out YCB objects, following docs/protocol.md.
 #   1. the ablation model: MAR-HR trained without condition augmentation (same config, seed and steps)
 #   2. inputs: examples/<id>.png, view 0 (upright, azimuth 0, elevation 20) of each held-out object
 #   3. generate (a) MAR-LR only, (b) LR + HR, (c) LR + HR without condition augmentation; evaluate each

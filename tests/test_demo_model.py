@@ -49,6 +49,7 @@ def generated(tmp_path_factory):
     return {n: trimesh.load(out / f"{n}.glb", force="mesh") for n in names}
 
 
+@pytest.mark.trained  # a full generation with the bundled demo model
 def test_generate_without_model_argument_makes_a_mesh_per_example(generated):
     for mesh in generated.values():
         assert len(mesh.faces) > 1000

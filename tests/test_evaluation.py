@@ -1,4 +1,4 @@
-"""EVAL.md's shape metrics, alignment and `mar3d evaluate`, on analytic shapes and real YCB scans."""
+"""The shape metrics of docs/protocol.md §2, alignment and `mar3d evaluate`, on analytic shapes and real YCB scans."""
 from __future__ import annotations
 
 import csv

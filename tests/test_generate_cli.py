@@ -195,7 +195,7 @@ def test_no_hr_faces_folders_and_globs(tiny_pipeline, inputs, tmp_path, capsys):
 def test_generate_needs_a_model_and_valid_settings(tiny_pipeline, inputs, tmp_path, capsys, monkeypatch):
     image = inputs["good"][0]
     # An installation without the bundled model (e.g. a slimmed package) says what to do.
-    monkeypatch.setattr("mar3d.pipeline.pipeline.DEMO_MODEL_DIR", tmp_path / "no_demo_model")
+    monkeypatch.setattr("mar3d.pipeline.settings.DEMO_MODEL_DIR", tmp_path / "no_demo_model")
     status, text = cli(capsys, "generate", image, "--out", tmp_path)
     assert status == 2 and "demo model" in text and "mar3d export" in text
     monkeypatch.undo()

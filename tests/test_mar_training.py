@@ -34,7 +34,7 @@ def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_lat
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = vae.encode(levels, 128).mean.float()[0]
     assert torch.allclose(cached["tokens_128"][3], expected, atol=1e-5)
-    # Different views of one object give different latents (view-aligned generation, DESIGN.md §2).
+    # Different views of one object give different latents (view-aligned generation, docs/method.md §2).
     assert not torch.allclose(cached["tokens_128"][0], cached["tokens_128"][3], atol=1e-2)
     stds = info["latent_std"]
     assert 0.05 < stds["128"] < 20 and abs(stds["128"] - float(cached["tokens_128"].std())) < 0.5 * stds["128"]

@@ -18,8 +18,7 @@ FAST = ["--surface-samples", "20000", "--occupancy-samples", "40000", "--views",
 
 
 def mar3d(*args, check=None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "mar3d", *map(str, args)], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-m", "mar3d", *map(str, args)], capture_output=True, text=True)
     if check is not None:
         assert result.returncode == check, result.stdout + result.stderr
     return result
@@ -63,8 +62,7 @@ def test_killed_run_resumes_without_touching_finished_work(tmp_path):
     slow = ["--surface-samples", "100000", "--occupancy-samples", "200000", "--views", "16", "--resolution", "256"]
     process = subprocess.Popen([sys.executable, "-m", "mar3d", "prepare", *inputs, "--out", str(out), *slow, "-q"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while len(list(out.glob(f"*/{layout.META}"))) < 2 and time.time() < deadline and process.poll() is None:
+    while len(list(out.glob(f"*/{layout.META}"))) < 2 and process.poll() is None:  # bounded: the run ends
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -40,7 +40,7 @@ def start_training(config: Path, data: Path, run: Path, *extra) -> subprocess.Po
 
 
 def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=900)
+    output, _ = process.communicate()  # bounded: max_steps
     assert process.returncode == 0, output[-4000:]
     return output
 
@@ -140,6 +140,7 @@ def test_weight_decay_groups_hold_for_flattened_shards():
 
 
 # ------------------------------------------------------------------------------------ the real runs
+@pytest.mark.trained
 def test_run_killed_with_sigkill_resumes_to_bit_identical_weights(prepared, tmp_path):
     """A tiny VAE run is killed after its first checkpoint (step 5, mid-epoch: 4 objects in batches of 3)
     and resumed; it ends with exactly the weights, live and EMA, of an uninterrupted run. Validation
@@ -149,9 +150,7 @@ def test_run_killed_with_sigkill_resumes_to_bit_identical_weights(prepared, tmp_
     whole = start_training(config, prepared, tmp_path / "whole")
     killed = tmp_path / "killed"
     victim = start_training(config, prepared, killed)
-    deadline = time.monotonic() + 600
-    while not list((killed / "checkpoints").glob("*.ckpt")) and victim.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
+    while not list((killed / "checkpoints").glob("*.ckpt")) and victim.poll() is None:  # bounded: the run ends
         time.sleep(0.1)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate()
@@ -174,6 +173,7 @@ def test_run_killed_with_sigkill_resumes_to_bit_identical_weights(prepared, tmp_
     assert all(np.isclose(samples[s], 3 * v, rtol=1e-4) for s, v in scalars["perf/steps_per_s"])
 
 
+@pytest.mark.trained
 def test_two_process_ddp_matches_one_process_with_the_doubled_batch(prepared, tmp_path):
     """DDP on CPU (gloo): 2 ranks x 2 samples against 1 process x 4 samples, 6 steps, fp32.
 

@@ -12,7 +12,8 @@ from mar3d.data.datasets import draw_supervision
 from mar3d.evaluation.occupancy import volume_iou
 from mar3d.evaluation.surface import chamfer_distance
 from mar3d.models.vae import load_vae
-from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, samples_from_prepared
+from mar3d.mesh.latents import latents_to_meshes, query_latents
+from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 from mar3d.training.logs import read_scalars
 from test_samples import normalized_geometry
 
@@ -73,7 +74,7 @@ def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, pr
     shapes = [samples_from_prepared(prepared, i) for i in WATERTIGHT_YCB[:2]]
     latents = encode_shapes(vae, shapes, tokens=128)
     from mar3d.mesh.grid import decode_grid
-    from mar3d.pipeline.reconstruct import query_latents
+    from mar3d.mesh.latents import query_latents
 
     def logits_fn(points):
         return query_latents(vae, latents, points)

@@ -1,13 +1,13 @@
 """`mar3d bench`: run the project's speed benchmarks and collect the ratios they measure into one JSON."""
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from mar3d.cli.common import HelpFormatter
 from mar3d.cli.errors import CLIError
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"  # the source checkout (pip install -e)
@@ -37,7 +37,7 @@ def add_parser(sub, name: str) -> None:
             "noisy shared machine), print the headline ratios and write every result to OUT (JSON). "
             "--quick runs each on a reduced size (minutes instead of about half an hour). The tables in "
             "docs/benchmarks.md come from these scripts."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
     p.add_argument("--quick", action="store_true", help="reduced sizes")
     p.add_argument("--out", default="benchmarks/results/bench.json", help="the combined JSON")

@@ -1,11 +1,10 @@
 """`mar3d cache-latents`: encode every prepared view once with a frozen VAE, for fast MAR training."""
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from mar3d.cli.common import load_vae_arg
+from mar3d.cli.common import HelpFormatter, load_vae_arg
 from mar3d.cli.errors import CLIError
 
 
@@ -18,10 +17,10 @@ def add_parser(sub, name: str) -> None:
             "the VAE was trained for (256 for MAR-LR, 1024 for MAR-HR): OUT/<id>.safetensors. OUT/cache.json "
             "records the VAE and the measured latent standard deviation, which MAR training uses as its "
             "latent scale. A re-run skips finished objects; a cache made by another VAE is refused."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data", nargs="+", metavar="PREPARED_DIR")
-    p.add_argument("--vae", required=True, metavar="RUN_OR_MODEL_DIR")
-    p.add_argument("--out", required=True, metavar="CACHE_DIR")
+        formatter_class=HelpFormatter)
+    p.add_argument("data", nargs="+", metavar="PREPARED_DIR", help="prepared directories (`mar3d prepare`)")
+    p.add_argument("--vae", required=True, metavar="RUN_OR_MODEL_DIR", help="a VAE training run or model folder")
+    p.add_argument("--out", required=True, metavar="CACHE_DIR", help="the cache folder (made if missing)")
     p.add_argument("--only", nargs="+", metavar="ID", help="cache only these object ids")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="encode only the first K views of each object (0: all); MAR training with "

@@ -1,19 +1,19 @@
-"""`mar3d evaluate`: generated meshes against ground truth, following EVAL.md."""
+"""`mar3d evaluate`: generated meshes against ground truth, following docs/protocol.md."""
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from mar3d.cli.common import HelpFormatter
 from mar3d.cli.errors import CLIError
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
-        name, help="score predicted meshes against ground truth (CD, F-score, NC; EVAL.md)",
+        name, help="score predicted meshes against ground truth (CD, F-score, NC; docs/protocol.md)",
         description=(
-            "Evaluate predicted meshes against ground truth as docs/EVAL.md defines it: normalize both "
+            "Evaluate predicted meshes against ground truth as docs/protocol.md §2 defines it: normalize both "
             "(bounding-box centre to the origin, longest side 2), align the ground truth (exactly from the "
             "input view's camera with --views, otherwise by rotation search + ICP), sample 100,000 surface "
             "points on each and compute Chamfer distance, F-score at 0.1/0.05/0.02 and normal consistency. "
@@ -22,7 +22,7 @@ def add_parser(sub, name: str) -> None:
             "folder of meshes or a prepared directory (`mar3d prepare` output). Writes OUT/metrics.csv, "
             "OUT/metrics.json, OUT/report.html (normal-map renders), OUT/aligned/<id>.{pred,gt}.glb. "
             "Exit status 1 if any pair failed or any prediction has no ground truth."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--pred", required=True, metavar="DIR", help="predicted meshes")
     p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth meshes, or a prepared directory")
     how = p.add_mutually_exclusive_group()

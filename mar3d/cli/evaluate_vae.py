@@ -1,12 +1,11 @@
-"""`mar3d evaluate-vae`: the VAE reconstruction metrics of EVAL.md, per token count, with the curve."""
+"""`mar3d evaluate-vae`: the VAE reconstruction metrics of docs/protocol.md §3, per token count, with the curve."""
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from pathlib import Path
 
-from mar3d.cli.common import load_vae_arg
+from mar3d.cli.common import HelpFormatter, load_vae_arg
 from mar3d.cli.errors import CLIError
 
 
@@ -15,22 +14,23 @@ def add_parser(sub, name: str) -> None:
         name, help="VAE reconstruction metrics (IoU, CD, F-score, NC) against token count",
         description=(
             "Encode prepared objects with a trained VAE at each token count, and score the posterior mean "
-            "(docs/evaluation.md, EVAL.md 'VAE reconstruction'): volume IoU on the stored uniform and "
+            "(docs/protocol.md §3): volume IoU on the stored uniform and "
             "near-surface labelled points (up to 100k each), and the marching-cubes mesh against the "
             "ground-truth mesh in the normalized frame (CD, F@0.02, F@0.01, NC on 100k points). Several "
             "--vae models (e.g. pyramid and single-level) are compared on one curve. Writes OUT/results.csv "
             "(per object), OUT/summary.json (means), OUT/curve_<metric>.svg and, with --meshes, the meshes."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--vae", required=True, nargs="+", metavar="NAME=RUN_OR_MODEL",
                    help="models to evaluate; NAME= is optional (default: the folder name)")
-    p.add_argument("--data", required=True, metavar="PREPARED_DIR")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="prepared objects to reconstruct")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the results (made if missing)")
     p.add_argument("--only", nargs="+", metavar="ID", help="evaluate these prepared ids (default: all)")
     p.add_argument("--tokens", nargs="+", type=int, help="token counts (default: those each VAE was trained for)")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution")
     p.add_argument("--meshes", action="store_true", help="also write OUT/meshes/<name>/<tokens>/<id>.glb")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16",
+                   help="bf16: autocast, faster only where the device computes bf16 natively")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _models(specs: list[str]) -> list[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """`mar3d export`: a model folder out of a training run, or a pipeline folder for `mar3d generate`."""
 from __future__ import annotations
 
-import argparse
 
+from mar3d.cli.common import HelpFormatter
 from mar3d.cli.errors import CLIError
 
 
@@ -17,9 +17,9 @@ def add_parser(sub, name: str) -> None:
             "pipeline.json with the default sampling settings (override them with --set key=value). The "
             "models are checked to fit together (token channels, LR token count, the VAE each MAR was trained "
             "on). RUN may be a training run or a model folder. The folder is built aside and renamed into place."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("run", nargs="?", metavar="RUN_DIR", help="a training run whose model to copy")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
     p.add_argument("--vae", metavar="RUN", help="pipeline: the VAE run or model folder")
     p.add_argument("--mar-lr", metavar="RUN", help="pipeline: the MAR-LR run or model folder")
     p.add_argument("--mar-hr", metavar="RUN", help="pipeline: the MAR-HR run or model folder")

@@ -1,21 +1,32 @@
 """`mar3d generate`: images -> meshes with a pipeline model folder."""
 from __future__ import annotations
 
-import argparse
 import glob
-import io
 from pathlib import Path
 
+from mar3d.cli.common import HelpFormatter, add_model_options, load_pipeline_arg
 from mar3d.cli.errors import CLIError
+from mar3d.pipeline.images import IMAGE_SUFFIXES
 
 FORMATS = ("glb", "obj", "ply", "stl")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".mpo"}
 PREVIEW_SUFFIX = ".preview.png"
 TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR-LR"), ("hr", "MAR-HR"),
                ("decode", "decode"), ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
+STAGE_LABELS = {"preprocess": "MAR-LR", "lr": "MAR-HR", "hr": "mesh"}  # the stage that follows each one
+SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces")
+
+
+def _model_default(name: str) -> str:
+    """A setting's default, as --help says it: the model folder's, with the bundled demo model's value."""
+    from mar3d.pipeline.settings import bundled_defaults
+
+    value = bundled_defaults().get(name)
+    return "default: the model's pipeline.json" + ("" if value is None else f"; bundled demo model: {value}")
 
 
 def add_parser(sub, name: str) -> None:
+    from mar3d.pipeline.settings import QUALITY_PRESETS
+
     p = sub.add_parser(
         name, help="generate meshes from images",
         description=(
@@ -23,28 +34,36 @@ def add_parser(sub, name: str) -> None:
             "MAR-HR sample its latent tokens, the VAE decoder and marching cubes extract the surface. INPUT is "
             "an image file, a folder (its image files) or a glob pattern. Writes OUT/<name>.<format> in the "
             "view-aligned normalized frame (the object as seen in the image, within [-1.05, 1.05]^3) and, with "
-            "--preview, OUT/<name>.preview.png (normal maps from 4 views). Options left out take the model "
-            "folder's defaults (its pipeline.json). A bad input gets a one-line error and the others go on; "
-            "the exit status is then 1. The same seed gives the same mesh file."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            "--preview, OUT/<name>.preview.png (normal maps from 4 views), each image's files as soon as it is "
+            "done. Existing files are kept, so running the same command again after an interruption goes on "
+            "where it stopped (--overwrite redoes them). Settings left out take the model folder's defaults "
+            "(its pipeline.json), chosen for speed; --quality high trades time for detail. A bad input gets a "
+            "one-line error and the others go on; the exit status is then 1. The same seed gives the same "
+            "mesh file."),
+        formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--model", metavar="MODEL_DIR",
-                   help="a pipeline folder from `mar3d export` (default: the bundled demo model)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the meshes (made if missing)")
+    add_model_options(p)
     p.add_argument("--format", nargs="+", action="extend", choices=FORMATS, metavar="FORMAT",
                    help=f"mesh file formats, one or more of {', '.join(FORMATS)} (default: glb)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr-steps", type=int, help="MAR-LR auto-regressive steps")
-    p.add_argument("--hr-steps", type=int, help="MAR-HR auto-regressive steps")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale")
-    p.add_argument("--temperature", type=float, help="sampling temperature")
-    p.add_argument("--resolution", type=int, help="marching-cubes grid resolution (8 to 512)")
-    p.add_argument("--faces", type=int, metavar="N", help="decimate each mesh to at most N faces")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same mesh")
+    p.add_argument("--quality", choices=list(QUALITY_PRESETS), default="fast",
+                   help="fast: the model's defaults; " + "; ".join(
+                       f"{k}: " + ", ".join(f"{n}={v}" for n, v in preset.items())
+                       for k, preset in QUALITY_PRESETS.items() if preset)
+                   + " (slower); options given below override either")
+    p.add_argument("--lr-steps", type=int, help=f"MAR-LR auto-regressive steps ({_model_default('lr_steps')})")
+    p.add_argument("--hr-steps", type=int, help=f"MAR-HR auto-regressive steps ({_model_default('hr_steps')})")
+    p.add_argument("--cfg", type=float, help=f"classifier-free guidance scale ({_model_default('cfg')})")
+    p.add_argument("--temperature", type=float, help=f"sampling temperature ({_model_default('temperature')})")
+    p.add_argument("--diffusion-steps", type=int,
+                   help=f"denoising steps of the diffusion head per token ({_model_default('diffusion_steps')})")
+    p.add_argument("--resolution", type=int,
+                   help=f"marching-cubes grid resolution, 8 to 512 ({_model_default('resolution')})")
+    p.add_argument("--faces", type=int, metavar="N",
+                   help=f"decimate each mesh to at most N faces; 0 keeps every face ({_model_default('faces')})")
     p.add_argument("--no-hr", action="store_true", help="skip MAR-HR: decode the MAR-LR tokens (faster, coarser)")
     p.add_argument("--preview", action="store_true", help="also write a PNG of normal-map renders from 4 views")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, faster on recent CPUs and GPUs")
-    p.add_argument("--batch-size", type=int, default=4, help="images decoded together")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise they are kept)")
     p.add_argument("--verbose", action="store_true", help="print each image's timing breakdown")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,28 +98,29 @@ def output_names(files: list[Path]) -> list[str]:
     return names
 
 
-def _load_pipeline(args):
-    import torch
-
-    from mar3d.pipeline.pipeline import DEMO_MODEL_DIR, MAR3DPipeline
-
-    model = Path(args.model) if args.model else DEMO_MODEL_DIR
-    if not args.model and not model.exists():
-        raise CLIError(f"no --model given and the bundled demo model ({DEMO_MODEL_DIR}) is not installed; "
-                       f"assemble a model folder from trained runs with `mar3d export --vae RUN --mar-lr RUN "
-                       f"--mar-hr RUN --out MODEL_DIR` and pass --model MODEL_DIR")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device}: CUDA is not available here (use --device cpu)")
-    try:
-        return MAR3DPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        raise CLIError(f"--model {model}: {e}") from None
-
-
 def _timing_line(name: str, result) -> str:
     t = result.timings
     parts = [f"{label} {t[key]:.2f} s" for key, label in TIMING_KEYS if key in t]
     return f"  {name}: {', '.join(parts)}; total {t['total']:.2f} s; {result.queries:,} queries"
+
+
+def _write(result, targets: list[Path], overwrite: bool) -> tuple[list[str], list[str]]:
+    """Write one image's files (atomically): the names written, and the existing ones kept."""
+    from mar3d.pipeline.preview import render_normal_views
+    from mar3d.utils import atomic
+
+    written, kept = [], []
+    for path in targets:
+        if path.exists() and not overwrite:
+            kept.append(path.name)
+        elif path.name.endswith(PREVIEW_SUFFIX):
+            atomic.write_png(path, render_normal_views(result.mesh))
+            written.append(path.name)
+        else:
+            with atomic.atomic_path(path) as tmp:
+                result.mesh.export(tmp, file_type=path.suffix[1:])
+            written.append(path.name)
+    return written, kept
 
 
 def run(args) -> int:
@@ -108,15 +128,12 @@ def run(args) -> int:
 
     from mar3d.config import ConfigError
     from mar3d.pipeline.images import ImageInputError
-    from mar3d.pipeline.pipeline import stage_names
-    from mar3d.utils import atomic
+    from mar3d.pipeline.settings import QUALITY_PRESETS
 
     formats = list(dict.fromkeys(args.format or ["glb"]))
-    if args.batch_size < 1:
-        raise CLIError("--batch-size must be >= 1")
-    pipeline = _load_pipeline(args)
-    options = dict(lr_steps=args.lr_steps, hr_steps=args.hr_steps, cfg=args.cfg, temperature=args.temperature,
-                   resolution=args.resolution, faces=args.faces)
+    options = dict(QUALITY_PRESETS[args.quality])
+    options.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
+    pipeline = load_pipeline_arg(args)
     try:
         pipeline.settings(**options)
     except ConfigError as e:
@@ -124,10 +141,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files, errors = collect_inputs(args.inputs)
-    stages = stage_names(not args.no_hr)
-    bar = tqdm(total=len(files) * len(stages), desc="generate", unit="stage", disable=args.no_progress)
+    bar = tqdm(total=len(files), desc="generate", unit="image", disable=args.no_progress)
     say = bar.write if not args.no_progress else print
-    failed = len(errors)
+    failed, skipped, generated = len(errors), 0, 0
     for line in errors:
         say(f"failed: {line}")
 
@@ -135,61 +151,42 @@ def run(args) -> int:
         paths = [out / f"{name}.{fmt}" for fmt in formats]
         return paths + ([out / f"{name}{PREVIEW_SUFFIX}"] if args.preview else [])
 
-    todo, skipped = [], 0
     for path, name in zip(files, output_names(files)):
         if not args.overwrite and all(p.exists() for p in targets(name)):
             say(f"skipped: {path}: {', '.join(p.name for p in targets(name))} exist (--overwrite to replace)")
             skipped += 1
-            bar.update(len(stages))
+            bar.update()
             continue
         bar.set_postfix_str(f"{name}: preprocess")
         try:
-            todo.append((name, pipeline.preprocess(path)))
+            condition = pipeline.preprocess(path)
         except ImageInputError as e:
             say(f"failed: {e}")
             failed += 1
-            bar.update(len(stages))
-            continue
-        bar.update()
-
-    def advance(stage: str, index: int) -> None:
-        if stage != "preprocess":  # done above
-            bar.set_postfix_str(f"{batch[index][0]}: {stage}")
             bar.update()
+            continue
 
-    generated = 0
-    for start in range(0, len(todo), args.batch_size):
-        batch = todo[start:start + args.batch_size]
-        results = pipeline([c for _, c in batch], seed=args.seed, use_hr=not args.no_hr, callback=advance,
-                           progress=False, **options)
-        for (name, condition), result in zip(batch, results):
-            if not result.ok:
-                say(f"failed: {condition.name}: {result.problem}")
-                failed += 1
-                continue
-            written, kept = [], []
-            for path in targets(name):
-                if path.exists() and not args.overwrite:
-                    kept.append(path.name)
-                    continue
-                if path.name.endswith(PREVIEW_SUFFIX):
-                    from mar3d.pipeline.preview import render_normal_views
+        def advance(stage: str, _index: int, name=name) -> None:
+            if stage in STAGE_LABELS:
+                bar.set_postfix_str(f"{name}: {STAGE_LABELS[stage]}")
 
-                    buffer = io.BytesIO()
-                    render_normal_views(result.mesh).save(buffer, format="PNG")
-                    atomic.write_bytes(path, buffer.getvalue())
-                else:
-                    with atomic.atomic_path(path) as tmp:
-                        result.mesh.export(tmp, file_type=path.suffix[1:])
-                written.append(path.name)
-            generated += 1
-            line = (f"generated: {condition.name} -> {', '.join(written)} ({len(result.mesh.faces):,} faces"
-                    f"{', watertight' if result.watertight else ''}, {result.timings['total']:.1f} s)")
-            if kept:
-                line += f"; kept existing {', '.join(kept)} (--overwrite to replace)"
-            say(line)
-            if args.verbose:
-                say(_timing_line(name, result))
+        [result] = pipeline(condition, seed=args.seed, use_hr=not args.no_hr, callback=advance, **options)
+        if not result.ok:
+            say(f"failed: {condition.name}: {result.problem}")
+            failed += 1
+            bar.update()
+            continue
+        bar.set_postfix_str(f"{name}: writing")
+        written, kept = _write(result, targets(name), args.overwrite)
+        generated += 1
+        line = (f"generated: {condition.name} -> {', '.join(written)} ({len(result.mesh.faces):,} faces"
+                f"{', watertight' if result.watertight else ''}, {result.timings['total']:.1f} s)")
+        if kept:
+            line += f"; kept existing {', '.join(kept)} (--overwrite to replace)"
+        say(line)
+        if args.verbose:
+            say(_timing_line(name, result))
+        bar.update()
     bar.close()
     print(f"generated {generated}, skipped {skipped}, failed {failed} -> {out}")
     return 1 if failed else 0

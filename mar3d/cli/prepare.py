@@ -1,12 +1,12 @@
 """`mar3d prepare`: meshes -> training samples and conditioning views."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from tqdm import tqdm
 
+from mar3d.cli.common import HelpFormatter
 from mar3d.cli.errors import CLIError
 from mar3d.data.batch import parse_shard, run_batch
 from mar3d.data.prepare import PrepareSettings
@@ -26,7 +26,7 @@ def add_parser(sub, name: str) -> None:
             "DIR/manifest.jsonl. Re-running the same command skips finished meshes; failed inputs are "
             "reported and retried. Exit status is 1 if any input failed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mesh files (obj glb gltf ply stl off), folders (searched recursively) or globs")

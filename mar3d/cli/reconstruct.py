@@ -1,11 +1,10 @@
 """`mar3d reconstruct`: meshes or prepared items through a trained VAE, to inspect what it keeps."""
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from mar3d.cli.common import load_vae_arg
+from mar3d.cli.common import HelpFormatter, load_vae_arg
 from mar3d.cli.errors import CLIError
 
 FORMATS = ("glb", "obj", "ply", "stl")
@@ -20,18 +19,20 @@ def add_parser(sub, name: str) -> None:
             "INPUT is a mesh file, a prepared directory (every item in it) or one prepared item folder "
             "(DIR/<id>). Writes OUT/<id>.<format> in the input's own coordinates (or the normalized frame "
             "with --normalized) and, for prepared items, prints the volume IoU against their stored labels."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="MESH_OR_PREPARED")
+        formatter_class=HelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="MESH_OR_PREPARED",
+                   help="mesh files, prepared directories or prepared item folders")
     p.add_argument("--vae", required=True, metavar="RUN_OR_MODEL_DIR", help="a training run or an exported model")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the meshes (made if missing)")
     p.add_argument("--tokens", type=int, help="latent tokens (default: the largest the VAE was trained for)")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution (up to 512)")
     p.add_argument("--mode", choices=["hierarchical", "dense"], default="hierarchical", help="grid decoding")
-    p.add_argument("--format", choices=FORMATS, default="glb")
+    p.add_argument("--format", choices=FORMATS, default="glb", help="mesh file format")
     p.add_argument("--normalized", action="store_true", help="write meshes in the normalized frame")
     p.add_argument("--batch-size", type=int, default=4, help="shapes decoded together")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0, help="seeds the surface samples and pyramid drawn per shape")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast, faster only where the device computes bf16 natively")
 
 
 def _collect(inputs: list[str]):
@@ -60,7 +61,8 @@ def run(args) -> int:
 
     from mar3d.data.mesh_io import MeshError
     from mar3d.evaluation.occupancy import volume_iou
-    from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, to_source_frame
+    from mar3d.mesh.latents import latents_to_meshes, query_latents
+    from mar3d.pipeline.reconstruct import encode_shapes, to_source_frame
     from mar3d.utils import atomic
 
     vae = load_vae_arg(args.vae)

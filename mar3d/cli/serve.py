@@ -1,7 +1,6 @@
 """`mar3d serve`: the web app (mar3d.web) for a pipeline model folder."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -9,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from mar3d.cli.errors import CLIError
-from mar3d.cli.generate import _load_pipeline
+from mar3d.cli.common import HelpFormatter, add_model_options, load_pipeline_arg
 
 
 def add_parser(sub, name: str) -> None:
@@ -22,13 +21,10 @@ def add_parser(sub, name: str) -> None:
             "one at a time. Every file the server writes is in one temporary folder, removed at exit; each "
             "request's files are removed once they are older than --keep-minutes (or not among the 16 newest). "
             "Stop it with Ctrl-C."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", metavar="MODEL_DIR",
-                   help="a pipeline folder from `mar3d export` (default: the bundled demo model)")
+        formatter_class=HelpFormatter)
+    add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted")
     p.add_argument("--keep-minutes", type=float, default=30.0, help="how long a request's files stay downloadable")
@@ -42,7 +38,7 @@ def _stop(signum, frame):
 def run(args) -> int:
     if args.max_upload_mb <= 0 or args.keep_minutes <= 0 or args.queue_size < 1:
         raise CLIError("--max-upload-mb and --keep-minutes must be > 0 and --queue-size >= 1")
-    pipeline = _load_pipeline(args)
+    pipeline = load_pipeline_arg(args)
     root = Path(tempfile.mkdtemp(prefix="mar3d-serve-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root)  # gradio reads it when imported: its uploads and cache go here too
     print(f"mar3d serve: temporary files under {root} (removed at exit)", flush=True)

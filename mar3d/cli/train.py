@@ -1,9 +1,9 @@
 """`mar3d train <stage>`: train a stage from a config on prepared data."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from mar3d.cli.common import HelpFormatter
 from mar3d.cli.errors import CLIError
 from mar3d.config import ConfigError, load_config
 
@@ -23,7 +23,7 @@ def add_parser(sub, name: str) -> None:
             "One device, or DDP / FSDP over GPUs and nodes (--strategy, --devices, --num-nodes; launch one "
             "process per GPU with srun or torchrun, see docs/training.md). --resume continues exactly where the "
             "run stopped: same data order, same random draws."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--config", required=True, help="YAML config file or bundled name (tiny, small, paper)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="prepared directories (mar3d prepare)")

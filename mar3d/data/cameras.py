@@ -1,6 +1,6 @@
 """Conditioning-view geometry: which rotation each view applies to the mesh, and the one camera.
 
-Convention (DESIGN.md §2). A view is a rotation R that takes the normalized mesh into the *view frame*.
+Convention (docs/method.md §2). A view is a rotation R that takes the normalized mesh into the *view frame*.
 In the view frame a single fixed pinhole camera sits on the +z axis at distance ``CAMERA_DISTANCE``,
 looking down -z with +y up (OpenGL). So ``camera_to_world`` is a pure translation, the same for all
 views, and ``R @ p`` are the training targets for that view: generation is view-aligned.

@@ -88,7 +88,7 @@ def read_info(cache: str | Path) -> dict:
 def latent_std(cache: str | Path, tokens: int, ids: list[str] | None = None, limit: int = 200) -> float:
     """Standard deviation of all cached latent values of one token count (over up to ``limit`` objects).
 
-    DESIGN.md §5: the MAR's diffusion assumes roughly unit-variance tokens, so latents are divided by this.
+    docs/method.md §5: the MAR's diffusion assumes roughly unit-variance tokens, so latents are divided by this.
     """
     ids = (ids or cached_ids(cache))[:limit]
     values = [read_item(cache, i)[tokens_key(tokens)].flatten() for i in ids]

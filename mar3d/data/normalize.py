@@ -1,4 +1,4 @@
-"""The project's one normalization (DESIGN.md §2): bounding-box centre to the origin, max vertex radius 0.95."""
+"""The project's one normalization (docs/method.md §2): bounding-box centre to the origin, max vertex radius 0.95."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Surface and occupancy samples of a normalized mesh (DESIGN.md §3).
+"""Surface and occupancy samples of a normalized mesh (docs/method.md §3).
 
 Inside/outside comes from the generalized winding number (libigl's fast approximation), which stays
 meaningful for meshes with holes, open seams and self-intersections, where ray parity fails.

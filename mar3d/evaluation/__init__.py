@@ -1,1 +1,1 @@
-"""Metrics and evaluation protocols (EVAL.md)."""
+"""Metrics and evaluation protocols (docs/protocol.md)."""

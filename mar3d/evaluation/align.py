@@ -1,4 +1,4 @@
-"""Bring the ground truth into the prediction's frame (EVAL.md step 2).
+"""Bring the ground truth into the prediction's frame (docs/protocol.md §2.2).
 
 The prediction stays where it is (normalized in its own frame). The normalized ground truth is rotated
 by R, normalized again in that frame (bounding-box centre and longest side depend on the rotation) and

@@ -12,7 +12,6 @@ Pairing rule (ids):
 """
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import re
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from mar3d.data import layout
 from mar3d.data.cameras import orbit_rotation
@@ -154,12 +152,6 @@ def view_rotation(views: Path, index: int) -> np.ndarray:
     return np.asarray(records[index]["rotation"], dtype=np.float64)
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def comparison_image(pred, gt, resolution: int) -> np.ndarray:
     """(H, 4W, 3) uint8 on white: prediction and ground truth side by side, for each report view."""
     from mar3d.evaluation.render_normals import render_normal_maps
@@ -199,7 +191,7 @@ def evaluate_one(pair: Pair, out_dir: str, settings: EvaluateSettings) -> dict:
                 mesh.export(tmp, file_type="glb")
         if settings.render_resolution:
             image = comparison_image(result.pred, result.gt, settings.render_resolution)
-            atomic.write_bytes(out / RENDERS_DIR / f"{pair.id}.png", _png(image))
+            atomic.write_png(out / RENDERS_DIR / f"{pair.id}.png", image)
         alignment = result.alignment
         record.update(status="ok", alignment=alignment.method, rotation=alignment.rotation.round(6).tolist(),
                       rotation_deg=round(alignment.angle_deg, 3), scale=alignment.scale,

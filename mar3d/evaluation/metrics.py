@@ -1,4 +1,4 @@
-"""EVAL.md's shape metrics: normalization, seeded surface samples, CD / F-score / NC, volume IoU.
+"""The shape metrics of docs/protocol.md §2: normalization, seeded surface samples, CD / F-score / NC, volume IoU.
 
 Distances are between point samples (nearest neighbours, scipy KD-trees), as the protocol defines them;
 ``mar3d.evaluation.surface`` holds the exact point-to-triangle distances used to check geometry.
@@ -29,7 +29,7 @@ def bbox_normalization(vertices: np.ndarray) -> np.ndarray:
 
 
 def normalized(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """A copy of ``mesh`` in EVAL.md's normalized frame."""
+    """A copy of ``mesh`` in the evaluation's normalized frame (docs/protocol.md §2.1)."""
     return transformed(mesh, bbox_normalization(mesh.vertices))
 
 
@@ -91,7 +91,7 @@ def metric_names(thresholds=THRESHOLDS) -> list[str]:
 
 
 def point_metrics(pred: SurfaceSamples, gt: SurfaceSamples, thresholds=THRESHOLDS) -> dict[str, float]:
-    """EVAL.md's metrics between two sampled surfaces (nearest neighbours, unsquared distances).
+    """The metrics of docs/protocol.md §2.4 between two sampled surfaces (nearest neighbours, unsquared distances).
 
     ``cd`` = ½(mean d(pred→gt) + mean d(gt→pred)); ``cd_sum`` is the two means added and ``cd_squared``
     ½(mean d² + mean d²) (double it for the sum-of-squares form). F-score@τ = 2PR/(P+R) with

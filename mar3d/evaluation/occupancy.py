@@ -1,4 +1,4 @@
-"""Volume IoU of predicted occupancy against ground-truth labels (EVAL.md, VAE reconstruction)."""
+"""Volume IoU of predicted occupancy against ground-truth labels (docs/protocol.md §3, VAE reconstruction)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""EVAL.md's shape-generation protocol for one prediction and its ground truth.
+"""The shape-generation protocol (docs/protocol.md §2) for one prediction and its ground truth.
 
 normalize both -> align the ground truth to the prediction -> 100k seeded samples each -> metrics.
 The prediction's normalized frame is the common frame: metrics, saved meshes and renders are all in it.
@@ -34,7 +34,7 @@ def evaluate_pair(pred: trimesh.Trimesh, gt: trimesh.Trimesh, align: str | np.nd
         pred, gt: meshes in any frame and scale.
         align: "search" (rotation search + ICP), "none" (frames already agree), or the (3, 3) rotation
             taking the ground truth into the prediction's frame (a view's R from views.json).
-        points: surface samples per mesh (EVAL.md fixes 100k; below that F@0.02 is dominated by spacing).
+        points: surface samples per mesh (docs/protocol.md §2.3 fixes 100k; below that F@0.02 is dominated by spacing).
         seed: the prediction is sampled with ``seed``, the ground truth with ``seed + 1``.
         iou: also compute the volume IoU on a 128³ winding-number grid (about 1 s per mesh).
     """

@@ -1,4 +1,4 @@
-"""Distances between surfaces (EVAL.md): points sampled on one mesh, exact distance to the other's triangles."""
+"""Distances between surfaces (docs/protocol.md §2.4): samples on one mesh, exact distance to the other's triangles."""
 from __future__ import annotations
 
 import igl

@@ -1,4 +1,4 @@
-"""VAE reconstruction metrics of EVAL.md on prepared objects, per token count (the paper's Fig. 4).
+"""VAE reconstruction metrics (docs/protocol.md §3) on prepared objects, per token count (the paper's Fig. 4).
 
 Per object and token count: volume IoU of ``logit >= 0`` against the stored winding-number labels on up to
 100k uniform points in the box and, separately, up to 100k near-surface points; then the marching-cubes
@@ -18,9 +18,10 @@ from mar3d.data.mesh_io import load_mesh
 from mar3d.evaluation.metrics import POINTS, point_metrics, sample_points
 from mar3d.evaluation.occupancy import volume_iou
 from mar3d.models.vae import PyramidVAE
-from mar3d.pipeline.reconstruct import encode_shapes, latents_to_meshes, query_latents, samples_from_prepared
+from mar3d.mesh.latents import latents_to_meshes, query_latents
+from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 
-VAE_THRESHOLDS = (0.02, 0.01)  # EVAL.md: the VAE is judged at fine thresholds
+VAE_THRESHOLDS = (0.02, 0.01)  # docs/protocol.md §3: the VAE is judged at fine thresholds
 METRICS = ("iou_uniform", "iou_near", "cd", "f_score@0.02", "f_score@0.01", "nc")
 
 

@@ -1,4 +1,4 @@
-"""Decoding an occupancy field onto a regular grid, densely or hierarchically (DESIGN.md §7).
+"""Decoding an occupancy field onto a regular grid, densely or hierarchically (docs/method.md §7).
 
 The field is any ``logits_fn(points (B, Q, 3)) -> logits (B, Q)``, positive inside, surface at 0, for a
 fixed batch of B shapes (the VAE caches its per-shape work, so every call carries all B shapes). A grid of

@@ -1,4 +1,4 @@
-"""Image encoders that turn a conditioning view into condition tokens (DESIGN.md §6), chosen by config.
+"""Image encoders that turn a conditioning view into condition tokens (docs/method.md §6), chosen by config.
 
 - ``clip_dinov2`` (the paper / release): one 224×224 view, CLIP-normalised, into a frozen CLIP ViT-L/14
   and a frozen DINOv2 ViT-L/14 (``transformers``: CLIPVisionModel, Dinov2Model, from a local folder or a

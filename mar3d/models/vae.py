@@ -7,7 +7,7 @@
              query points: embed -> CrossAttn(latents) -> LayerNorm -> Linear -> logit   per chunk
 
 One trained VAE emits both token counts the MARs need: N = 1024 from levels (16384, 4096, 1024) and
-N = 256 from (4096, 1024, 256) (DESIGN.md §4). See docs/vae.md for the choice of FPS queries.
+N = 256 from (4096, 1024, 256) (docs/method.md §4). See docs/vae.md for the choice of FPS queries.
 """
 from __future__ import annotations
 

@@ -57,11 +57,18 @@ def _document(folder: Path, label: str, kind: str) -> dict:
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _copy_model(source: Path, target: Path, dtype: str | None = None) -> None:
+def _copy_model(source: Path, target: Path, dtype: str | None = None, vae_record: str | None = None) -> None:
     """Copy a model folder; with ``dtype``, store its floating-point weights in that type (loading casts
-    them back to the model's float32 parameters, so only the precision changes)."""
+    them back to the model's float32 parameters, so only the precision changes). ``vae_record`` replaces
+    the VAE path a MAR's config records (in a pipeline folder: its sibling, so that no path of the
+    machine it was made on travels with it)."""
     target.mkdir(exist_ok=True)
-    shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    if vae_record is None:
+        shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    else:
+        document = json.loads((source / CONFIG_FILE).read_text())
+        document["vae"] = vae_record
+        atomic.write_json(target / CONFIG_FILE, document)
     if dtype is None:
         shutil.copyfile(source / WEIGHTS_FILE, target / WEIGHTS_FILE)
         return
@@ -70,6 +77,16 @@ def _copy_model(source: Path, target: Path, dtype: str | None = None) -> None:
     state = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v
              for k, v in load_file(str(source / WEIGHTS_FILE)).items()}
     save_file(state, str(target / WEIGHTS_FILE))
+
+
+def _portable(path: Path) -> str:
+    """A source folder as a pipeline.json records it: relative to the working directory when inside it,
+    else its name, never an absolute path of this machine."""
+    path = path.resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _sha256(path: Path) -> str:
@@ -157,7 +174,8 @@ def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, o
         recorded = documents[flag].get("vae")
         if not recorded:
             continue
-        if not Path(recorded, CONFIG_FILE).exists():
+        recorded = Path(recorded) if Path(recorded).is_absolute() else folders[flag] / recorded
+        if not (recorded / CONFIG_FILE).exists():
             notes.append(f"{flag} was trained on the latents of {recorded}, which no longer exists: "
                          f"not checked that --vae is that VAE")
         elif not _same_model(Path(recorded), folders["--vae"]):
@@ -177,12 +195,12 @@ def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, o
         defaults = asdict(from_dict(SamplingDefaults, defaults, "pipeline defaults"))
     except ConfigError as e:
         raise ExportError(str(e)) from None
-    sources = {name: {"path": str(folders[flag].resolve()), "trained_steps": documents[flag].get("trained_steps")}
+    sources = {name: {"path": _portable(folders[flag]), "trained_steps": documents[flag].get("trained_steps")}
                for name, flag in ((VAE_DIR, "--vae"), (MAR_LR_DIR, "--mar-lr"), (MAR_HR_DIR, "--mar-hr"))}
     _check_target(out, overwrite)
     with atomic.atomic_folder(out, overwrite) as tmp:
         for name, flag in ((VAE_DIR, "--vae"), (MAR_LR_DIR, "--mar-lr"), (MAR_HR_DIR, "--mar-hr")):
-            _copy_model(folders[flag], tmp / name, dtype)
+            _copy_model(folders[flag], tmp / name, dtype, None if flag == "--vae" else f"../{VAE_DIR}")
         atomic.write_json(tmp / PIPELINE_FILE, {"format": FORMAT, "version": VERSION, "defaults": defaults,
                                                 "sources": sources})
         pipeline = MAR3DPipeline.from_pretrained(tmp)  # it loads, and the steps fit the models

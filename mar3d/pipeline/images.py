@@ -41,6 +41,8 @@ FRAMING_FILL = 0.865
 
 MAX_PIXELS = 64_000_000  # decoded RGBA at this size is 256 MB; a larger photo must be downscaled first
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "TGA", "PPM")  # raster formats only (JPEG includes MPO)
+# File name endings of those formats: what a folder of inputs is searched for, what an upload may be.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".mpo"}
 FOREGROUND_ALPHA = 128  # a pixel belongs to the object when its alpha is at least half
 OPAQUE_ALPHA = 250  # an RGBA image with no alpha below this carries no cut-out: treat it as a photo
 MIN_FOREGROUND_SIDE = 16  # pixels; a smaller object cannot be rescaled into a useful input

@@ -1,4 +1,4 @@
-"""Image -> mesh inference (DESIGN.md §1): ``MAR3DPipeline`` and the model folder it loads.
+"""Image -> mesh inference (docs/method.md §1): ``MAR3DPipeline`` and the model folder it loads.
 
 A pipeline model folder holds the three trained models and the default sampling settings::
 
@@ -13,10 +13,16 @@ Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR 
 (N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
 (VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` the LR tokens are decoded.
 
+Images go through the stages one at a time, and each image's result is ready (``generate`` yields it) as
+soon as its mesh is: a caller writes files as they come.
+
 Determinism: every image samples with its own ``torch.Generator`` seeded with its seed, so an image's mesh
-depends on the image, its seed and the settings only, not on the other images in the call. For that
-the MAR stages run image by image (``MAR.sample`` takes one generator for its whole batch); the VAE
-decoding and extraction, which draw nothing at random, run on the whole batch at once.
+depends on the image, its seed and the settings only, not on the other images in the call.
+
+Precision (``dtype``): "auto" picks per stage what is fastest on the device, measured in
+docs/benchmarks.md: on CUDA bf16 autocast everywhere; on a CPU the MARs in fp32 (their matrices are small,
+and bf16 autocast only adds casts) and the VAE decoder in bf16 where the CPU computes bf16 natively
+(AVX-512 BF16 or AMX), else fp32 (bf16 without hardware support is emulated and slower).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import trimesh
@@ -33,53 +39,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mar3d.config import ConfigError, from_dict
-from mar3d.mesh import PostprocessOptions, postprocess
-from mar3d.models.diffusion import SAMPLERS
+from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
+                                     QUALITY_PRESETS, VERSION, SamplingDefaults)
+from mar3d.mesh import PostprocessOptions
+from mar3d.mesh.latents import autocast_for, latents_to_meshes
 from mar3d.models.image_encoder import ClipDinov2Encoder
-from mar3d.models.mar import CFG_SCHEDULES, MAR, MARConfig, load_mar
+from mar3d.models.mar import MAR, MARConfig, load_mar
 from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae
 from mar3d.pipeline.images import preprocess
-from mar3d.pipeline.reconstruct import autocast_for, latents_to_meshes
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"  # bundled, when it exists
-PIPELINE_FILE = "pipeline.json"
-FORMAT = "mar3d-pipeline"
-VERSION = 1
 VAE_DIR, MAR_LR_DIR, MAR_HR_DIR = "vae", "mar_lr", "mar_hr"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
-
-
-@dataclass
-class SamplingDefaults:
-    """The settings a call uses unless it passes its own (``pipeline.json`` "defaults")."""
-
-    lr_steps: int = 64  # auto-regressive steps of MAR-LR (release validation: 64)
-    hr_steps: int = 64
-    cfg: float = 3.0  # classifier-free guidance scale λ (1: no guidance)
-    cfg_schedule: Literal["linear", "constant"] = "linear"
-    temperature: float = 1.0
-    sampler: Literal["ddim", "ddpm"] = "ddpm"
-    diffusion_steps: int = 100  # respaced steps of the diffusion head per token
-    resolution: int = 256  # marching-cubes grid cells per axis
-    faces: int | None = None  # decimate to at most this many faces; None keeps all
-    image_size: int = 224  # the conditioning image as the MARs were trained on it (data.image_size)
-
-    def validate(self) -> None:
-        for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.diffusion_steps > 1000:
-            raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
-        if self.cfg <= 0 or self.temperature <= 0:
-            raise ConfigError(f"cfg and temperature must be > 0, got {self.cfg} and {self.temperature}")
-        if not 8 <= self.resolution <= MAX_RESOLUTION:
-            raise ConfigError(f"resolution must be between 8 and {MAX_RESOLUTION}, got {self.resolution}")
-        if self.faces is not None and self.faces < 4:
-            raise ConfigError(f"faces must be at least 4 (or null for no decimation), got {self.faces}")
-        if self.sampler not in SAMPLERS or self.cfg_schedule not in CFG_SCHEDULES:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} and cfg_schedule one of "
-                              f"{', '.join(CFG_SCHEDULES)}, got {self.sampler!r} and {self.cfg_schedule!r}")
 
 
 def read_pipeline_file(folder: str | Path) -> dict:
@@ -118,8 +88,8 @@ class GenerationResult:
 
     ``status`` is "ok", or "empty" / "full" / "nonfinite" when the decoded occupancy has no surface
     (then ``mesh`` has no faces). ``timings`` in seconds: preprocess, encoder (both MARs' image
-    encoders), lr, hr (sampling without the encoder), decode (this image's share of the batch's VAE
-    decoding), marching_cubes, postprocess, total.
+    encoders), lr, hr (sampling without the encoder), decode (the VAE decoder's occupancy queries),
+    marching_cubes, postprocess, total.
     """
 
     name: str
@@ -146,6 +116,23 @@ class GenerationResult:
 
 
 ProgressCallback = Callable[[str, int], None]  # (stage finished, image index)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def stage_dtypes(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(MAR dtype, VAE decoder dtype) for a ``dtype`` choice: "fp32", "bf16" or "auto" (module docstring)."""
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    if dtype != "auto":
+        return DTYPES[dtype], DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16, torch.bfloat16
+    return torch.float32, (torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32)
 
 
 def stage_names(use_hr: bool = True) -> tuple[str, ...]:
@@ -197,10 +184,9 @@ class MAR3DPipeline:
     """Single image -> mesh. Inference only; build it with ``from_pretrained(MODEL_DIR)``."""
 
     def __init__(self, vae: PyramidVAE, mar_lr: MAR, mar_hr: MAR, defaults: SamplingDefaults | None = None,
-                 device: str | torch.device = "cpu", dtype: str = "fp32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+                 device: str | torch.device = "cpu", dtype: str = "auto"):
+        self.device = torch.device(device)
+        self.mar_dtype, self.decoder_dtype = stage_dtypes(dtype, self.device)
         self.vae, self.mar_lr, self.mar_hr = (m.eval().requires_grad_(False).to(self.device)
                                               for m in (vae, mar_lr, mar_hr))
         check_compatible(self.vae.config, self.mar_lr.config, self.mar_hr.config)
@@ -212,7 +198,7 @@ class MAR3DPipeline:
                                 "hr": _ModuleTimer(self.mar_hr.image_encoder, self.device)}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32"
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: str = "auto"
                         ) -> "MAR3DPipeline":
         """Load a pipeline model folder (see the module docstring)."""
         folder = Path(path)
@@ -263,7 +249,7 @@ class MAR3DPipeline:
         mar, steps = (self.mar_lr, settings.lr_steps) if stage == "lr" else (self.mar_hr, settings.hr_steps)
         timer = self._encoder_timers[stage]
         timer.take()
-        with self._timed(timings, stage), autocast_for(self.device, self.dtype):
+        with self._timed(timings, stage), autocast_for(self.device, self.mar_dtype):
             latents = mar.sample(condition.image[None].to(self.device), lr_latents=lr_latents, steps=steps,
                                  cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
                                  temperature=settings.temperature, sampler=settings.sampler,
@@ -273,7 +259,11 @@ class MAR3DPipeline:
         timings["encoder"] = timings.get("encoder", 0.0) + encoder
         return latents
 
-    def __call__(
+    def __call__(self, images, seed: int | Sequence[int] = 0, **options) -> list[GenerationResult]:
+        """Generate one mesh per image (see ``generate``); returns the results in order."""
+        return list(self.generate(images, seed, **options))
+
+    def generate(
         self,
         images: str | Path | Image.Image | ConditionImage | Sequence[str | Path | Image.Image | ConditionImage],
         seed: int | Sequence[int] = 0,
@@ -288,19 +278,21 @@ class MAR3DPipeline:
         progress: bool = False,
         callback: ProgressCallback | None = None,
         **settings,
-    ) -> list[GenerationResult]:
-        """Generate one mesh per image; arguments left None take the model folder's defaults.
+    ) -> Iterator[GenerationResult]:
+        """Generate one mesh per image, yielding each result as soon as it is done; arguments left None
+        take the model folder's defaults.
 
         Args:
             images: files, Pillow images or ``preprocess`` results (one or a list). A bad file raises
-                ``ImageInputError``; preprocess first (``self.preprocess``) to handle inputs one by one.
+                ``ImageInputError`` when its turn comes; preprocess first (``self.preprocess``) to handle
+                inputs one by one.
             seed: one seed for every image, or one per image.
             use_hr: False stops after MAR-LR and decodes its tokens (faster, coarser).
-            faces: decimate each mesh to at most this many faces.
-            progress: show a progress bar over images and stages (and the MARs' steps).
+            faces: decimate each mesh to at most this many faces (0: keep all).
+            progress: show a progress bar over images, with the stage under way (and the MARs' steps).
             callback: called as ``callback(stage, image_index)`` after each stage of each image.
             settings: further defaults to override: cfg_schedule, sampler, diffusion_steps.
-        Returns:
+        Yields:
             one ``GenerationResult`` per image, in order.
         """
         single = isinstance(images, (str, Path, Image.Image, ConditionImage))
@@ -310,65 +302,44 @@ class MAR3DPipeline:
             raise ValueError(f"{len(seeds)} seeds for {len(items)} images")
         chosen = self.settings(lr_steps=lr_steps, hr_steps=hr_steps, cfg=cfg, temperature=temperature,
                                resolution=resolution, faces=faces, **settings)
-        bar = tqdm(total=len(items) * len(stage_names(use_hr)), desc="generate", unit="stage", disable=not progress)
-
-        def done(stage: str, index: int) -> None:
-            bar.set_postfix_str(f"image {index + 1}/{len(items)}: {stage}")
-            bar.update()
-            if callback is not None:
-                callback(stage, index)
-
+        bar = tqdm(total=len(items), desc="generate", unit="image", disable=not progress)
         try:
-            timings = [{} for _ in items]
-            conditions = []
             for i, item in enumerate(items):
-                conditions.append(self.preprocess(item))
-                timings[i].update(preprocess=conditions[-1].seconds, encoder=0.0)
-                done("preprocess", i)
-            latents, lr_latents = [], []
-            for i, condition in enumerate(conditions):
+                def done(stage: str) -> None:
+                    following = stage_names(use_hr)[stage_names(use_hr).index(stage) + 1:]
+                    if following:
+                        bar.set_postfix_str(f"image {i + 1}/{len(items)}: {following[0]}")
+                    if callback is not None:
+                        callback(stage, i)
+
+                bar.set_postfix_str(f"image {i + 1}/{len(items)}: preprocess")
+                condition = self.preprocess(item)
+                timings = dict(preprocess=condition.seconds, encoder=0.0)
+                done("preprocess")
                 generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
-                lr = self.sample_stage("lr", condition, generator, chosen, timings[i], progress=progress)
-                done("lr", i)
-                hr = None
+                lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress)
+                done("lr")
+                latents = lr
                 if use_hr:
-                    hr = self.sample_stage("hr", condition, generator, chosen, timings[i], lr, progress)
-                    done("hr", i)
-                lr_latents.append(lr[0])
-                latents.append(lr[0] if hr is None else hr[0])
-            results = self.extract(torch.stack(latents), chosen, timings)
-            for i in range(len(items)):
-                done("mesh", i)
+                    latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
+                    done("hr")
+                mesh, status, queries, watertight = self.extract(latents, chosen, timings)
+                done("mesh")
+                bar.update()
+                timings["total"] = sum(timings.values())
+                yield GenerationResult(
+                    condition.name, mesh, condition.preview, status, seeds[i], timings, queries, watertight,
+                    latents[0].cpu() if return_latents else None, lr[0].cpu() if return_latents else None)
         finally:
             bar.close()
-        out = []
-        for i, (condition, (mesh, status, queries, watertight)) in enumerate(zip(conditions, results)):
-            timings[i]["total"] = sum(timings[i].values())
-            out.append(GenerationResult(
-                condition.name, mesh, condition.preview, status, seeds[i], timings[i], queries, watertight,
-                latents[i].cpu() if return_latents else None, lr_latents[i].cpu() if return_latents else None))
-        return out
 
-    def extract(self, latents: torch.Tensor, settings: SamplingDefaults, timings: list[dict]
-                ) -> list[tuple[trimesh.Trimesh, str, int, bool]]:
-        """Latents (B, N, C) -> (mesh, status, queries, watertight) each; fills the meshing timings."""
-        start = time.perf_counter()
-        raw = latents_to_meshes(self.vae, latents, resolution=settings.resolution, postprocess=None,
-                                dtype=self.dtype)
-        marching = sum(r.mesh_seconds for r in raw)
-        decode = (time.perf_counter() - start - marching) / len(raw)  # the batch decodes together: share it
-        options = PostprocessOptions(max_faces=settings.faces)
-        out = []
-        for result, t in zip(raw, timings):
-            t["decode"], t["marching_cubes"] = decode, result.mesh_seconds
-            mesh, watertight = result.mesh, False
-            if result.status == "ok":
-                with self._timed(t, "postprocess"):
-                    mesh, report = postprocess(result.mesh, options)
-                watertight = report.watertight
-            else:
-                t["postprocess"] = 0.0
-            out.append((mesh, result.status, result.queries, watertight))
-        return out
-
-
+    def extract(self, latents: torch.Tensor, settings: SamplingDefaults, timings: dict
+                ) -> tuple[trimesh.Trimesh, str, int, bool]:
+        """One image's latents (1, N, C) -> (mesh, status, queries, watertight); adds the meshing stages'
+        times (decode, marching_cubes, postprocess) to ``timings``."""
+        options = PostprocessOptions(max_faces=settings.faces or None)
+        [result] = latents_to_meshes(self.vae, latents, resolution=settings.resolution, postprocess=options,
+                                     dtype=self.decoder_dtype)
+        timings.update(decode=result.decode_seconds, marching_cubes=result.marching_seconds,
+                       postprocess=result.postprocess_seconds)
+        return result.mesh, result.status, result.queries, result.watertight

@@ -1,7 +1,6 @@
-"""VAE reconstruction: surface samples -> latents -> occupancy field -> mesh (to inspect a trained VAE)."""
+"""VAE reconstruction: surface samples -> latents (to inspect a trained VAE; decoding: ``mar3d.mesh.latents``)."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import normalization
 from mar3d.data.prepare import item_rng
 from mar3d.data.sampling import sample_surface
-from mar3d.mesh import PostprocessOptions, extract_meshes
+from mar3d.mesh.latents import autocast_for
 from mar3d.models.vae import PyramidVAE
 
 
@@ -46,13 +45,6 @@ def samples_from_prepared(root: str | Path, item_id: str) -> ShapeSamples:
                         meta["scale"], (s["occ_points"], s["occ_labels"]))
 
 
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """bf16/fp16 autocast on the device, or nothing for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def encode_shapes(vae: PyramidVAE, shapes: list[ShapeSamples], tokens: int, seed: int = 0,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -67,34 +59,8 @@ def encode_shapes(vae: PyramidVAE, shapes: list[ShapeSamples], tokens: int, seed
         return vae.encode(pyramid, tokens).mean.float()
 
 
-@torch.no_grad()
-def latents_to_meshes(vae: PyramidVAE, latents: torch.Tensor, resolution: int = 256, mode: str = "hierarchical",
-                      postprocess: PostprocessOptions | None = PostprocessOptions(),
-                      dtype: torch.dtype = torch.float32):
-    """Extract one mesh per latent set (B, N, C); returns mesh-extraction results (normalized frame)."""
-    device = latents.device
-    with autocast_for(device, dtype):
-        cache = vae.prepare_decoder(latents)
-
-    def logits_fn(points: torch.Tensor) -> torch.Tensor:
-        with autocast_for(device, dtype):
-            return vae.query(cache, points.to(device)).float()
-
-    return extract_meshes(logits_fn, len(latents), resolution=resolution, mode=mode,
-                          postprocess_options=postprocess, device=device)
-
-
 def to_source_frame(mesh: trimesh.Trimesh, shape: ShapeSamples) -> trimesh.Trimesh:
     """Undo the normalization: the mesh in the input file's coordinates."""
     moved = mesh.copy()
     moved.vertices = moved.vertices / shape.scale + shape.center
     return moved
-
-
-@torch.no_grad()
-def query_latents(vae: PyramidVAE, latents: torch.Tensor, points: torch.Tensor,
-                  dtype: torch.dtype = torch.float32, chunk: int = 65536) -> torch.Tensor:
-    """Logits (B, Q) of latents (B, N, C) at points (B, Q, 3), decoded in chunks of ``chunk`` points."""
-    with autocast_for(latents.device, dtype):
-        cache = vae.prepare_decoder(latents)
-        return torch.cat([vae.query(cache, c.to(latents.device)).float() for c in points.split(chunk, dim=1)], dim=1)

@@ -166,7 +166,7 @@ class MARModule(AveragedModule):
         self.log("val/loss", losses["loss"], batch_size=len(latents))
 
     def configure_optimizers(self):
-        # DESIGN.md §5 (LTH14): no weight decay on the diffusion head, biases and norms.
+        # docs/method.md §5 (LTH14): no weight decay on the diffusion head, biases and norms.
         return configure_adamw(self.mar, self.run_config.train, no_decay_modules=(self.mar.diffusion_head,))
 
 

@@ -40,6 +40,21 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
+def png_bytes(image, **save_options) -> bytes:
+    """A Pillow image or a (H, W[, C]) uint8 array as PNG bytes (``save_options``: Pillow's PNG options)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", **save_options)
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, image, **save_options) -> None:
+    write_bytes(path, png_bytes(image, **save_options))
+
+
 def write_npz(path: str | os.PathLike, **arrays) -> None:
     """Uncompressed npz: float samples barely compress, and loading stays fast."""
     buf = io.BytesIO()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from mar3d.cli.generate import IMAGE_SUFFIXES
+from mar3d.pipeline.images import IMAGE_SUFFIXES
 from mar3d.pipeline.pipeline import MAX_RESOLUTION, MAR3DPipeline
 from mar3d.web.service import DOWNLOAD_FORMATS, RequestError, RequestFolders, WebGenerator, on_white
 

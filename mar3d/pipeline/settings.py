@@ -1,0 +1,70 @@
+"""What a pipeline model folder's ``pipeline.json`` holds and how a call picks its settings.
+
+Kept free of torch, so that the command line can show the defaults in --help without loading it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mar3d.config import ConfigError
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"  # bundled, when it exists
+PIPELINE_FILE = "pipeline.json"
+FORMAT = "mar3d-pipeline"
+VERSION = 1
+DTYPE_CHOICES = ("auto", "fp32", "bf16")  # see mar3d.pipeline.pipeline.stage_dtypes
+MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
+
+# Named presets a command line offers over the model's defaults (which are chosen for speed).
+QUALITY_PRESETS: dict[str, dict] = {
+    "fast": {},
+    "high": {"resolution": 256, "faces": 0},
+}
+
+
+@dataclass
+class SamplingDefaults:
+    """The settings a call uses unless it passes its own (``pipeline.json`` "defaults")."""
+
+    lr_steps: int = 64  # auto-regressive steps of MAR-LR (release validation: 64)
+    hr_steps: int = 64
+    cfg: float = 3.0  # classifier-free guidance scale λ (1: no guidance)
+    cfg_schedule: Literal["linear", "constant"] = "linear"
+    temperature: float = 1.0
+    sampler: Literal["ddim", "ddpm"] = "ddpm"
+    diffusion_steps: int = 100  # respaced steps of the diffusion head per token
+    resolution: int = 256  # marching-cubes grid cells per axis
+    faces: int | None = 50_000  # decimate to at most this many faces; 0 (or None) keeps all
+    image_size: int = 224  # the conditioning image as the MARs were trained on it (data.image_size)
+
+    def validate(self) -> None:
+        for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.diffusion_steps > 1000:
+            raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
+        if self.cfg <= 0 or self.temperature <= 0:
+            raise ConfigError(f"cfg and temperature must be > 0, got {self.cfg} and {self.temperature}")
+        if not 8 <= self.resolution <= MAX_RESOLUTION:
+            raise ConfigError(f"resolution must be between 8 and {MAX_RESOLUTION}, got {self.resolution}")
+        if self.faces is not None and (self.faces < 0 or 0 < self.faces < 4):
+            raise ConfigError(f"faces must be at least 4 (or 0 for no decimation), got {self.faces}")
+        from mar3d.models.diffusion import SAMPLERS  # here: this module stays free of torch for --help
+        from mar3d.models.mar import CFG_SCHEDULES
+
+        if self.sampler not in SAMPLERS or self.cfg_schedule not in CFG_SCHEDULES:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} and cfg_schedule one of "
+                              f"{', '.join(CFG_SCHEDULES)}, got {self.sampler!r} and {self.cfg_schedule!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_defaults() -> dict:
+    """The bundled demo model's ``pipeline.json`` defaults ({} when it is not installed or unreadable)."""
+    try:
+        return dict(json.loads((DEMO_MODEL_DIR / PIPELINE_FILE).read_text()).get("defaults", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
