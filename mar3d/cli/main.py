@@ -5,11 +5,13 @@ import argparse
 import sys
 
 from mar3d import __version__
-from mar3d.cli import bench, cache_latents, evaluate, evaluate_vae, export, generate, prepare, reconstruct, serve, train
+from mar3d.cli import (bench, cache_latents, evaluate, evaluate_vae, export, generate, household, prepare, reconstruct,
+                       serve, train)
 from mar3d.cli.errors import CLIError
 
 COMMANDS = {
     "prepare": prepare,
+    "household": household,
     "train": train,
     "reconstruct": reconstruct,
     "cache-latents": cache_latents,
