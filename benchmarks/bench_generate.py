@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--hr-steps", type=int, default=16)
     parser.add_argument("--diffusion-steps", type=int, default=50)
     parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="as `mar3d generate --dtype` (auto: bf16 only where the hardware has it)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "generate.json")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -9,6 +9,8 @@
 # Needs runs/demo from scripts/train_demo.sh. Every stage skips what it already finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The environment scripts/setup.sh made, unless one is active already.
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
 RUNS=${RUNS:-runs/demo}
 MODEL=${MODEL:-mar3d/assets/demo_model}
 PREPARED=runs/prepared/ycb

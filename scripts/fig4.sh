@@ -5,6 +5,8 @@
 #   bash scripts/fig4.sh [RUNS_DIR]      (default runs/fig4; needs ../shared/data/ycb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The environment scripts/setup.sh made, unless one is active already.
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
 RUNS=${1:-runs/fig4}
 SHARED=${MAR3D_SHARED:-../shared}
 HOLDOUT=$(grep -v '^#' mar3d/configs/holdout/ycb.txt | tr '\n' ' ')

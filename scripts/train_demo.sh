@@ -6,6 +6,8 @@
 # $RUNS/timings.tsv. Configs: mar3d/configs/{vae,mar}/small.yaml; held-out objects: mar3d/configs/holdout/ycb.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The environment scripts/setup.sh made, unless one is active already.
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
 SHARED=${MAR3D_SHARED:-$(cd .. && pwd)/shared}
 RUNS=${RUNS:-runs/demo}
 OUT=${OUT:-mar3d/assets/demo_model}
@@ -38,7 +40,7 @@ for s in lr hr; do
     --vae "$RUNS/vae" --latents "$RUNS/latents" --out "$RUNS/mar_$s" --max-steps "${STEPS[$s]}" \
     $(resume_flag "$RUNS/mar_$s")
 done
-# bf16 weights: 24 MB instead of 48 MB (the pipeline computes in bf16 autocast anyway).
+# bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"

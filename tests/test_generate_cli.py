@@ -218,3 +218,42 @@ def test_an_image_without_surface_fails_alone(tiny_pipeline, inputs, tmp_path, c
     assert status == 1 and "generated 0, skipped 0, failed 2" in text
     assert f"failed: {inputs['good'][0]}: no surface: the decoded occupancy is empty everywhere" in text
     assert not list(tmp_path.iterdir())
+
+
+def test_each_images_files_are_written_when_it_is_done_and_a_rerun_resumes(tiny_pipeline, inputs, tmp_path,
+                                                                            capsys, monkeypatch):
+    from mar3d.pipeline.pipeline import MAR3DPipeline
+
+    first, second = inputs["good"]
+    out = tmp_path / "out"
+    sample_stage = MAR3DPipeline.sample_stage
+
+    def interrupted_on_the_second_image(self, stage, condition, *args, **kwargs):
+        if condition.name == str(second):
+            assert (out / f"{first.stem}.glb").exists()  # the first image's file exists before the second starts
+            raise KeyboardInterrupt
+        return sample_stage(self, stage, condition, *args, **kwargs)
+
+    monkeypatch.setattr(MAR3DPipeline, "sample_stage", interrupted_on_the_second_image)
+    status, text = cli(capsys, "generate", first, second, "--model", tiny_pipeline, "--out", out, "--no-progress")
+    assert status == 130 and "run the same command to resume" in text
+    assert sorted(p.name for p in out.iterdir()) == [f"{first.stem}.glb"]  # nothing half-written
+    finished = (out / f"{first.stem}.glb").read_bytes()
+    monkeypatch.undo()
+    status, text = cli(capsys, "generate", first, second, "--model", tiny_pipeline, "--out", out, "--no-progress")
+    assert status == 0 and f"skipped: {first}" in text and "generated 1, skipped 1, failed 0" in text
+    assert (out / f"{first.stem}.glb").read_bytes() == finished
+
+
+def test_quality_presets_and_the_pipeline_folder_holds_no_absolute_paths(tiny_pipeline, inputs, tmp_path, capsys):
+    from mar3d.pipeline.settings import DEMO_MODEL_DIR
+
+    image = inputs["good"][0]
+    status, text = cli(capsys, "generate", image, "--model", tiny_pipeline, "--out", tmp_path / "high",
+                       "--quality", "high", "--resolution", 48, "--verbose", "--no-progress")
+    assert status == 0 and "generated 1" in text and "decode" in text
+    for folder in (tiny_pipeline, DEMO_MODEL_DIR):
+        document = json.loads((folder / PIPELINE_FILE).read_text())
+        assert all(not source["path"].startswith("/") for source in document["sources"].values()), folder
+        for part in ("mar_lr", "mar_hr"):
+            assert json.loads((folder / part / "config.json").read_text())["vae"] == "../vae", folder

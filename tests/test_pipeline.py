@@ -12,7 +12,9 @@ from PIL import Image
 
 from mar3d.config import ConfigError
 from mar3d.data.normalize import DECODE_BOX
-from mar3d.pipeline.pipeline import MAR3DPipeline, stage_names
+from mar3d.utils import precision as precision_module
+from mar3d.pipeline.pipeline import MAR3DPipeline, stage_dtypes, stage_names
+from mar3d.pipeline.settings import SamplingDefaults
 
 TIMINGS = {"preprocess", "encoder", "lr", "hr", "decode", "marching_cubes", "postprocess", "total"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,6 +102,41 @@ def test_faces_decimates_and_options_override_the_defaults(pipeline, banana):
     assert 0 < len(small.mesh.faces) <= budget
     (fine,) = pipeline(banana, seed=0, resolution=64)
     assert fine.queries > full.queries
+
+
+def test_faces_zero_keeps_every_face_and_the_default_budget_is_50k(pipeline, banana):
+    assert SamplingDefaults().faces == 50_000
+    (kept,) = pipeline(banana, seed=0, faces=0, resolution=64)
+    (budget,) = pipeline(banana, seed=0, faces=len(kept.mesh.faces) // 2, resolution=64)
+    assert len(budget.mesh.faces) <= len(kept.mesh.faces) // 2 < len(kept.mesh.faces)
+    with pytest.raises(ConfigError, match="faces must be at least 4"):
+        pipeline(banana, faces=2)
+
+
+def test_generate_yields_each_image_before_starting_the_next(pipeline, banana, apple):
+    events = []
+    results = pipeline.generate([banana, apple], seed=0, callback=lambda stage, i: events.append((stage, i)))
+    first = next(results)
+    assert first.name == str(banana) and first.ok
+    assert events == [(stage, 0) for stage in stage_names(True)]  # nothing of the apple has run yet
+    second = next(results)
+    assert second.name == str(apple) and events[-1] == ("mesh", 1)
+    assert next(results, None) is None
+
+
+def test_auto_dtype_picks_per_stage_by_device_and_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: False)
+    assert stage_dtypes("auto", cpu) == (torch.float32, torch.float32)  # emulated bf16 is slower
+    monkeypatch.setattr(precision_module, "cpu_has_fast_bf16", lambda: True)
+    assert stage_dtypes("auto", cpu) == (torch.float32, torch.bfloat16)  # small MARs gain nothing from bf16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert stage_dtypes("auto", cuda) == (torch.bfloat16, torch.bfloat16)
+    assert stage_dtypes("fp32", cuda) == (torch.float32, torch.float32)
+    assert stage_dtypes("bf16", cpu) == (torch.bfloat16, torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16"):
+        stage_dtypes("fp8", cpu)
 
 
 def test_settings_are_checked_against_the_models(pipeline, banana):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mar3d.cli.common import HelpFormatter, load_vae_arg
 from mar3d.cli.errors import CLIError
+from mar3d.utils.precision import PRECISION_CHOICES, autocast_dtype
 
 
 def add_parser(sub, name: str) -> None:
@@ -28,8 +29,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--tokens", nargs="+", type=int, help="token counts (default: those each VAE was trained for)")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution")
     p.add_argument("--meshes", action="store_true", help="also write OUT/meshes/<name>/<tokens>/<id>.glb")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16",
-                   help="bf16: autocast, faster only where the device computes bf16 natively")
+    p.add_argument("--dtype", choices=PRECISION_CHOICES, default="auto",
+                   help="precision: auto is bf16 autocast where the CPU computes bf16 natively (AVX-512 BF16 or AMX), else fp32 (emulated bf16 is many times slower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,7 +45,6 @@ def _models(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
-    import torch
     from tqdm import tqdm
 
     from mar3d.data import layout
@@ -64,7 +64,7 @@ def run(args) -> int:
     if not ids:
         raise CLIError(f"{args.data}: no prepared objects")
     models = [(name, load_vae_arg(path)) for name, path in _models(args.vae)]
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = autocast_dtype(args.dtype, "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, summary, failed = [], {}, 0

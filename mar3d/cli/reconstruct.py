@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mar3d.cli.common import HelpFormatter, load_vae_arg
 from mar3d.cli.errors import CLIError
+from mar3d.utils.precision import PRECISION_CHOICES
 
 FORMATS = ("glb", "obj", "ply", "stl")
 
@@ -31,8 +32,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--normalized", action="store_true", help="write meshes in the normalized frame")
     p.add_argument("--batch-size", type=int, default=4, help="shapes decoded together")
     p.add_argument("--seed", type=int, default=0, help="seeds the surface samples and pyramid drawn per shape")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: autocast, faster only where the device computes bf16 natively")
+    p.add_argument("--dtype", choices=PRECISION_CHOICES, default="auto",
+                   help="precision: auto is bf16 autocast where the CPU computes bf16 natively (AVX-512 BF16 or AMX), else fp32 (emulated bf16 is many times slower)")
 
 
 def _collect(inputs: list[str]):
@@ -64,6 +65,7 @@ def run(args) -> int:
     from mar3d.mesh.latents import latents_to_meshes, query_latents
     from mar3d.pipeline.reconstruct import encode_shapes, to_source_frame
     from mar3d.utils import atomic
+    from mar3d.utils.precision import autocast_dtype
 
     vae = load_vae_arg(args.vae)
     tokens = args.tokens or max(vae.config.token_counts)
@@ -71,7 +73,7 @@ def run(args) -> int:
         raise CLIError(f"this VAE has learned queries for {vae.config.token_counts} tokens only")
     if not 8 <= args.resolution <= 512:
         raise CLIError("--resolution must be between 8 and 512")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = autocast_dtype(args.dtype, "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -14,7 +14,8 @@ def add_parser(sub, name: str) -> None:
     p = sub.add_parser(
         name, help="train a stage (vae, mar-lr, mar-hr) from a config on prepared data",
         description=(
-            "Train one stage of MAR-3D with PyTorch Lightning (bf16 autocast, AdamW, warm-up then cosine "
+            "Train one stage of MAR-3D with PyTorch Lightning (bf16 autocast where the hardware computes bf16 "
+            "natively, else fp32: train.precision auto; AdamW, warm-up then cosine "
             "decay, periodic atomic checkpoints, TensorBoard logs in RUN_DIR/logs). The resolved config is "
             "written to RUN_DIR/config.yaml and the final weights to RUN_DIR/model (config.json + "
             "model.safetensors; EMA weights). CONFIG is a YAML file or a bundled name: tiny, small, paper (the vae "

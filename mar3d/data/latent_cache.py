@@ -25,6 +25,7 @@ from mar3d.data.datasets import _rotate, draw_pyramid
 from mar3d.data.prepare import item_rng
 from mar3d.models.vae import PyramidVAE
 from mar3d.utils import atomic
+from mar3d.utils.precision import autocast_dtype, autocast_for
 
 CACHE_JSON = "cache.json"
 SUFFIX = ".safetensors"
@@ -58,7 +59,7 @@ def encode_item_views(vae: PyramidVAE, root: str | Path, item_id: str, token_cou
     for start in range(0, len(rotated), batch_size):
         chunk = rotated[start:start + batch_size]
         levels = [torch.stack(level).to(device) for level in zip(*chunk)]
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast_for(device, autocast_dtype("auto", device)):
             for n in token_counts:
                 out[tokens_key(n)].append(vae.encode(levels, n).mean.float().cpu())
     return {key: torch.cat(parts) for key, parts in out.items()}

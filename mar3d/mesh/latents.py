@@ -4,21 +4,13 @@ Used by the image -> mesh pipeline, the VAE reconstruction tools and the evaluat
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from mar3d.mesh.extract import ExtractionResult, extract_meshes
 from mar3d.mesh.grid import DEFAULT_RESOLUTION, Mode
 from mar3d.mesh.postprocess import PostprocessOptions
 from mar3d.models.vae import PyramidVAE
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """bf16/fp16 autocast on the device, or nothing for fp32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+from mar3d.utils.precision import autocast_for
 
 
 @torch.no_grad()

@@ -39,17 +39,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mar3d.config import ConfigError, from_dict
+from mar3d.utils.precision import autocast_dtype, autocast_for
 from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
                                      QUALITY_PRESETS, VERSION, SamplingDefaults)
 from mar3d.mesh import PostprocessOptions
-from mar3d.mesh.latents import autocast_for, latents_to_meshes
+from mar3d.mesh.latents import latents_to_meshes
 from mar3d.models.image_encoder import ClipDinov2Encoder
 from mar3d.models.mar import MAR, MARConfig, load_mar
 from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae
 from mar3d.pipeline.images import preprocess
 
 VAE_DIR, MAR_LR_DIR, MAR_HR_DIR = "vae", "mar_lr", "mar_hr"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def read_pipeline_file(folder: str | Path) -> dict:
@@ -118,21 +118,12 @@ class GenerationResult:
 ProgressCallback = Callable[[str, int], None]  # (stage finished, image index)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def stage_dtypes(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
     """(MAR dtype, VAE decoder dtype) for a ``dtype`` choice: "fp32", "bf16" or "auto" (module docstring)."""
-    if dtype not in DTYPE_CHOICES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
-    if dtype != "auto":
-        return DTYPES[dtype], DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16, torch.bfloat16
-    return torch.float32, (torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32)
+    decoder = autocast_dtype(dtype, device)  # raises for an unknown choice
+    if dtype == "auto" and device.type == "cpu":
+        return torch.float32, decoder  # small MARs: bf16 autocast on a CPU only adds casts
+    return decoder, decoder
 
 
 def stage_names(use_hr: bool = True) -> tuple[str, ...]:

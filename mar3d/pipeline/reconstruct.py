@@ -14,7 +14,7 @@ from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import normalization
 from mar3d.data.prepare import item_rng
 from mar3d.data.sampling import sample_surface
-from mar3d.mesh.latents import autocast_for
+from mar3d.utils.precision import autocast_for
 from mar3d.models.vae import PyramidVAE
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 from mar3d.config import ConfigError
+from mar3d.utils.precision import PRECISION_CHOICES
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo_model"  # bundled, when it exists
 PIPELINE_FILE = "pipeline.json"
 FORMAT = "mar3d-pipeline"
 VERSION = 1
-DTYPE_CHOICES = ("auto", "fp32", "bf16")  # see mar3d.pipeline.pipeline.stage_dtypes
+DTYPE_CHOICES = PRECISION_CHOICES  # per stage: mar3d.pipeline.pipeline.stage_dtypes
 MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
 
 # Named presets a command line offers over the model's defaults (which are chosen for speed).

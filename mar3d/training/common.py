@@ -21,6 +21,7 @@ from mar3d.training.callbacks import ResumableRun, Throughput
 from mar3d.training.config import TrainConfig
 from mar3d.training.ema import EMA
 from mar3d.training.loader import TrainLoader
+from mar3d.utils.precision import training_precision
 
 CHECKPOINT_DIR = "checkpoints"
 RESOLVED_CONFIG = "config.yaml"  # every run writes the config it resolved next to its checkpoints
@@ -123,7 +124,7 @@ def build_trainer(run_dir: Path, config: TrainConfig, callbacks: list = (), prog
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.log_every // 2)))
     options = dict(
-        default_root_dir=run_dir, max_steps=config.max_steps, precision=config.precision,
+        default_root_dir=run_dir, max_steps=config.max_steps, precision=training_precision(config.precision),
         gradient_clip_val=config.grad_clip, callbacks=callbacks,
         strategy=strategy(config, unused_parameters), devices=config.devices, num_nodes=config.num_nodes,
         use_distributed_sampler=False,

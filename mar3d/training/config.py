@@ -19,7 +19,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 3.0
     ema_decay: float = 0.999  # EMA of the weights, used for validation and export (0: off)
-    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
+    # auto: bf16-mixed where the training device computes bf16 natively, else 32-true (mar3d.utils.precision)
+    precision: Literal["auto", "bf16-mixed", "32-true", "16-mixed"] = "auto"
     checkpoint_every: int = 1000
     val_every: int = 500
     log_every: int = 10
