@@ -41,6 +41,9 @@ for s in lr hr; do
     $(resume_flag "$RUNS/mar_$s")
 done
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
+# Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
+# model"): about 12 s per image; `mar3d generate --quality high` gives back the release's settings.
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
-  --dtype bfloat16 --overwrite
+  --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
+  --set faces=50000
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"

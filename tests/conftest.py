@@ -150,7 +150,7 @@ def prepared(tmp_path_factory) -> Path:
     return out
 
 
-VAE_STEPS = 2500  # the tiny config's schedule: what it needs to fit the four scans (docs/vae.md)
+VAE_STEPS = 1500  # the tiny config's schedule: what it needs to fit the four scans (docs/vae.md)
 MAR_STEPS = 300
 
 

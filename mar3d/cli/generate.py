@@ -1,6 +1,7 @@
 """`mar3d generate`: images -> meshes with a pipeline model folder."""
 from __future__ import annotations
 
+import functools
 import glob
 from pathlib import Path
 
@@ -128,12 +129,10 @@ def run(args) -> int:
 
     from mar3d.config import ConfigError
     from mar3d.pipeline.images import ImageInputError
-    from mar3d.pipeline.settings import QUALITY_PRESETS
-
     formats = list(dict.fromkeys(args.format or ["glb"]))
-    options = dict(QUALITY_PRESETS[args.quality])
-    options.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
     pipeline = load_pipeline_arg(args)
+    options = pipeline.preset(args.quality)
+    options.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None})
     try:
         pipeline.settings(**options)
     except ConfigError as e:
@@ -142,7 +141,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files, errors = collect_inputs(args.inputs)
     bar = tqdm(total=len(files), desc="generate", unit="image", disable=args.no_progress)
-    say = bar.write if not args.no_progress else print
+    say = bar.write if not args.no_progress else functools.partial(print, flush=True)  # lines as they come
     failed, skipped, generated = len(errors), 0, 0
     for line in errors:
         say(f"failed: {line}")

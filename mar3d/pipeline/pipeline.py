@@ -222,6 +222,17 @@ class MAR3DPipeline:
                                   f"at least one per step), got {getattr(chosen, stage)}")
         return chosen
 
+    def preset(self, quality: str) -> dict:
+        """The settings of a named preset (``QUALITY_PRESETS``) for these models: steps capped at each MAR's
+        token count."""
+        if quality not in QUALITY_PRESETS:
+            raise ValueError(f"quality must be one of {', '.join(QUALITY_PRESETS)}, got {quality!r}")
+        chosen = dict(QUALITY_PRESETS[quality])
+        for key, mar in (("lr_steps", self.mar_lr), ("hr_steps", self.mar_hr)):
+            if key in chosen:
+                chosen[key] = min(chosen[key], mar.config.num_tokens)
+        return chosen
+
     # ----------------------------------------------------------------- stages
     @contextlib.contextmanager
     def _timed(self, timings: dict, key: str):

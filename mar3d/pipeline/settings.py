@@ -20,10 +20,13 @@ VERSION = 1
 DTYPE_CHOICES = PRECISION_CHOICES  # per stage: mar3d.pipeline.pipeline.stage_dtypes
 MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
 
-# Named presets a command line offers over the model's defaults (which are chosen for speed).
+# Named presets a command line offers over the model's defaults (which are chosen for speed: the bundled
+# demo model's make a mesh in about 12 s on 2 CPU cores, docs/benchmarks.md). "high" is the release's
+# sampling (64 auto-regressive steps, 100 diffusion steps; steps capped at a MAR's token count) on a 256^3
+# grid with every face kept: about 5x the time.
 QUALITY_PRESETS: dict[str, dict] = {
     "fast": {},
-    "high": {"resolution": 256, "faces": 0},
+    "high": {"lr_steps": 64, "hr_steps": 64, "diffusion_steps": 100, "resolution": 256, "faces": 0},
 }
 
 
