@@ -43,16 +43,23 @@ else
     echo "installing into $PWD/$VENV (activate it with: source $VENV/bin/activate)"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+pip_install() {
+    # pip's own noise filtered out: warnings about index locations of a local mirror's configuration, and
+    # the resolver's complaint about pyrender's PyOpenGL pin, which is deliberately not honoured (below).
+    "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v -e "is ignored: it is neither a file nor a directory" -e "pyrender 0.1.45 requires PyOpenGL==3.1.0" \
+                    -e "dependency resolver does not currently take into account" || true; }
+    return "${PIPESTATUS[0]}"
+}
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build onto CPU machines.
 if ! "$PY" -c "import torch" 2>/dev/null; then
-    "${PIP[@]}" "torch==2.13.0"
+    pip_install "torch==2.13.0"
 fi
-"${PIP[@]}" -e ".[dev]"
+pip_install -e ".[dev]"
 # pyrender's release pins PyOpenGL==3.1.0, which cannot render headless with current Mesa; its
 # real dependencies are listed in pyproject.toml, so install it alone.
-"${PIP[@]}" --no-deps "pyrender==0.1.45"
+pip_install --no-deps "pyrender==0.1.45"
 "$PY" -c "import mar3d.data.render" && echo "mar3d installed: $VENV/bin/mar3d"
 
 if [ "${1:-}" != "--no-demo" ]; then

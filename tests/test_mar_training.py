@@ -15,6 +15,7 @@ from mar3d.data.prepare import item_rng
 from mar3d.models.mar import load_mar
 from mar3d.models.vae import load_vae
 from mar3d.training.logs import read_scalars
+from mar3d.utils.precision import autocast_dtype, autocast_for
 
 
 def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_latents):
@@ -31,7 +32,7 @@ def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_lat
     s = layout.read_samples(prepared, item)
     pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], vae.config.pyramid_sizes(), item_rng(0, item))
     levels = [p[None] for p in _rotate(views[3]["rotation"], pyramid)]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast_for(torch.device("cpu"), autocast_dtype("auto", "cpu")):  # as the cache does
         expected = vae.encode(levels, 128).mean.float()[0]
     assert torch.allclose(cached["tokens_128"][3], expected, atol=1e-5)
     # Different views of one object give different latents (view-aligned generation, docs/method.md §2).
