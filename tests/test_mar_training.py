@@ -10,7 +10,7 @@ import yaml
 
 from conftest import MAR_STEPS, WATERTIGHT_YCB, run_mar3d
 from mar3d.data import latent_cache, layout
-from mar3d.data.datasets import _rotate, draw_pyramid
+from mar3d.data.datasets import rotate_pyramid, draw_pyramid
 from mar3d.data.prepare import item_rng
 from mar3d.models.mar import load_mar
 from mar3d.models.vae import load_vae
@@ -31,7 +31,7 @@ def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_lat
     # View 3 re-encoded by hand: the same pyramid (seeded by the id) rotated by that view's R.
     s = layout.read_samples(prepared, item)
     pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], vae.config.pyramid_sizes(), item_rng(0, item))
-    levels = [p[None] for p in _rotate(views[3]["rotation"], pyramid)]
+    levels = [p[None] for p in rotate_pyramid(views[3]["rotation"], pyramid)]
     with torch.no_grad(), autocast_for(torch.device("cpu"), autocast_dtype("auto", "cpu")):  # as the cache does
         expected = vae.encode(levels, 128).mean.float()[0]
     assert torch.allclose(cached["tokens_128"][3], expected, atol=1e-5)

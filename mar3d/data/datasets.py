@@ -23,7 +23,9 @@ DEFAULT_SUPERVISION = 20480  # paper
 NEAR_SURFACE_SHARE = 0.25  # release: 1/4 near-surface, 3/4 uniform
 
 
-def _torch_seeded_rng() -> np.random.Generator:
+def torch_seeded_rng() -> np.random.Generator:
+    """A numpy generator seeded from torch's global RNG, so that DataLoader worker seeding and training
+    resumes (which restore torch's state) also decide the numpy draws."""
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
@@ -63,7 +65,8 @@ def draw_supervision(occ_points: np.ndarray, occ_labels: np.ndarray, near_count:
             torch.from_numpy(occ_labels[index].astype(np.float32)))
 
 
-def _rotate(rotation: np.ndarray, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+def rotate_pyramid(rotation: np.ndarray, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each level (P_k, 6) of points and normals rotated by ``rotation`` (3, 3): into a view's frame."""
     r = torch.from_numpy(rotation.astype(np.float32))
     return [torch.cat([level[:, :3] @ r.T, level[:, 3:] @ r.T], dim=1) for level in pyramid]
 
@@ -119,7 +122,7 @@ class VAEDataset(_PreparedItems):
 
     def __getitem__(self, index: int) -> dict:
         item_id = self.ids[index]
-        rng = _torch_seeded_rng()
+        rng = torch_seeded_rng()
         s = self._samples(item_id)
         pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid, rng)
         points, labels = draw_supervision(s["occ_points"], s["occ_labels"], s["near_count"], self.supervision, rng)
@@ -128,7 +131,7 @@ class VAEDataset(_PreparedItems):
             if item_id not in self._rotations:
                 self._rotations[item_id] = [v["rotation"] for v in layout.read_views(self.root, item_id)]
             rotation = self._rotations[item_id][rng.integers(len(self._rotations[item_id]))]
-            pyramid = _rotate(rotation, pyramid)
+            pyramid = rotate_pyramid(rotation, pyramid)
             points = points @ torch.from_numpy(rotation.astype(np.float32)).T
         return {"pyramid": pyramid, "points": points, "labels": labels,
                 "rotation": torch.from_numpy(rotation.astype(np.float32)), "id": item_id}
@@ -158,9 +161,9 @@ class MARDataset(_PreparedItems):
 
     def __getitem__(self, index: int) -> dict:
         item_id, view = self.items[index]
-        rng = _torch_seeded_rng()
+        rng = torch_seeded_rng()
         s = self._samples(item_id)
-        pyramid = _rotate(view["rotation"], draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid, rng))
+        pyramid = rotate_pyramid(view["rotation"], draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid, rng))
         with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
             image = composite_on_white(im, self.image_size)
         return {"image": image, "pyramid": pyramid, "rotation": torch.from_numpy(view["rotation"].astype(np.float32)),

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mar3d.data import layout
-from mar3d.data.datasets import _rotate, draw_pyramid
+from mar3d.data.datasets import rotate_pyramid, draw_pyramid
 from mar3d.data.prepare import item_rng
 from mar3d.models.vae import PyramidVAE
 from mar3d.utils import atomic
@@ -53,7 +53,7 @@ def encode_item_views(vae: PyramidVAE, root: str | Path, item_id: str, token_cou
     chosen = layout.read_views(root, item_id)[:views or None]
     pyramid = draw_pyramid(samples["surface_points"], samples["surface_normals"], vae.config.pyramid_sizes(),
                            item_rng(seed, item_id))
-    rotated = [_rotate(v["rotation"], pyramid) for v in chosen]
+    rotated = [rotate_pyramid(v["rotation"], pyramid) for v in chosen]
     device = next(vae.parameters()).device
     out: dict[str, list[torch.Tensor]] = {tokens_key(n): [] for n in token_counts}
     for start in range(0, len(rotated), batch_size):

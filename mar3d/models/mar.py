@@ -294,18 +294,19 @@ class MAR(nn.Module):
         def pair(t: torch.Tensor) -> torch.Tensor:  # the conditional rows, then the unconditional ones
             return torch.cat([t, t]) if guided else t
 
-        tokens = torch.zeros(b, n, self.config.token_channels, device=device)
-        mask = torch.ones(b, n, dtype=torch.bool, device=device)
-        orders = self.sample_orders(b, device, generator)
+        tokens = torch.zeros(b, n, self.config.token_channels, device=device)  # (B, N, C), filled as sampled
+        mask = torch.ones(b, n, dtype=torch.bool, device=device)  # (B, N), True: not sampled yet
+        orders = self.sample_orders(b, device, generator)  # (B, N) a random permutation of the tokens per sample
         generated = 0
         for count in tqdm(counts, desc=f"MAR-{self.config.stage.upper()}", disable=not progress, leave=False):
-            z = self.forward_mae(pair(tokens), pair(mask), buffer)
+            z = self.forward_mae(pair(tokens), pair(mask), buffer)  # (B or 2B, N, D) conditions per position
             index = orders[:, generated:generated + count]  # (B, count)
             generated += count
+            # this step's positions: (B or 2B, count, D), flattened to one row per token for the head
             z = torch.gather(z, 1, pair(index)[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             omega = cfg_scale(cfg, generated, n, cfg_schedule) if guided else None
             new = self.diffusion_head.sample(z, temperature, omega, sampler, diffusion_steps, generator,
-                                             clip_denoised=self.config.denoised_clip)
+                                             clip_denoised=self.config.denoised_clip)  # (B * count, C)
             tokens.scatter_(1, index[..., None].expand(-1, -1, tokens.shape[-1]), new.view(b, count, -1).float())
             mask.scatter_(1, index, False)
         return tokens / self.config.latent_scale

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data import latent_cache, layout
-from mar3d.data.datasets import _rotate, _torch_seeded_rng, composite_on_white, draw_pyramid
+from mar3d.data.datasets import rotate_pyramid, torch_seeded_rng, composite_on_white, draw_pyramid
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
@@ -115,8 +115,8 @@ class ViewLatents(Dataset):
         out = dict(loaded, image=loaded["image"].float() / 255, id=item_id, view=j)
         if self.cache is None:
             s = layout.read_samples(self.root, item_id)
-            pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid_sizes, _torch_seeded_rng())
-            out["pyramid"] = _rotate(view["rotation"], pyramid)
+            pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid_sizes, torch_seeded_rng())
+            out["pyramid"] = rotate_pyramid(view["rotation"], pyramid)
         return out
 
 
