@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 
+from bench_prepare import cpu_model  # this folder's scripts share it
 from mar3d.pipeline.pipeline import MAR3DPipeline
 from mar3d.utils.precision import cpu_has_fast_bf16
 from mar3d.pipeline.settings import DEMO_MODEL_DIR, QUALITY_PRESETS
@@ -30,16 +30,6 @@ from mar3d.pipeline.settings import DEMO_MODEL_DIR, QUALITY_PRESETS
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15.0  # per image, fast preset, after the first (issue 16)
 STAGES = ("preprocess", "encoder", "lr", "hr", "decode", "marching_cubes", "postprocess")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

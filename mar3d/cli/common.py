@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from mar3d.cli.errors import CLIError
-
 from mar3d.pipeline.settings import DTYPE_CHOICES
 
 

@@ -1,7 +1,6 @@
 """`mar3d household`: write procedural household objects (watertight, coloured GLB) as training data."""
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -35,7 +34,9 @@ def add_parser(sub, name: str) -> None:
 
 def object_seed(seed: int, index: int) -> int:
     """The seed of object ``index`` of a run with base ``seed`` (a hash: runs with other seeds share none)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
+    from mar3d.data.prepare import item_seed
+
+    return item_seed(seed, str(index)) >> 1
 
 
 def parse_families(text: str) -> list[str]:

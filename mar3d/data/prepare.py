@@ -50,10 +50,14 @@ class PrepareSettings:
         return d
 
 
+def item_seed(seed: int, item_id: str) -> int:
+    """A 64-bit seed hashed from (seed, id): items of one run, or of runs with other seeds, share none."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:8], "little")
+
+
 def item_rng(seed: int, item_id: str) -> np.random.Generator:
     """Per-item generator: the same seed and id give the same samples whatever the worker or order."""
-    digest = hashlib.sha256(f"{seed}:{item_id}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(item_seed(seed, item_id))
 
 
 def is_finished(out_dir: Path, item_id: str, settings: PrepareSettings) -> bool:

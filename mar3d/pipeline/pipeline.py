@@ -39,15 +39,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mar3d.config import ConfigError, from_dict
-from mar3d.utils.precision import autocast_dtype, autocast_for
-from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
-                                     QUALITY_PRESETS, VERSION, SamplingDefaults)
 from mar3d.mesh import PostprocessOptions
 from mar3d.mesh.latents import latents_to_meshes
 from mar3d.models.image_encoder import ClipDinov2Encoder
 from mar3d.models.mar import MAR, MARConfig, load_mar
 from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae
 from mar3d.pipeline.images import preprocess
+# Re-exported: what callers of the pipeline module have always found here.
+from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
+                                     QUALITY_PRESETS, VERSION, SamplingDefaults)
+from mar3d.utils.precision import autocast_dtype, autocast_for
 
 VAE_DIR, MAR_LR_DIR, MAR_HR_DIR = "vae", "mar_lr", "mar_hr"
 
@@ -304,29 +305,31 @@ class MAR3DPipeline:
             raise ValueError(f"{len(seeds)} seeds for {len(items)} images")
         chosen = self.settings(lr_steps=lr_steps, hr_steps=hr_steps, cfg=cfg, temperature=temperature,
                                resolution=resolution, faces=faces, **settings)
+        stages = stage_names(use_hr)
         bar = tqdm(total=len(items), desc="generate", unit="image", disable=not progress)
+
+        def done(stage: str, i: int) -> None:
+            following = stages[stages.index(stage) + 1:]
+            if following:
+                bar.set_postfix_str(f"image {i + 1}/{len(items)}: {following[0]}")
+            if callback is not None:
+                callback(stage, i)
+
         try:
             for i, item in enumerate(items):
-                def done(stage: str) -> None:
-                    following = stage_names(use_hr)[stage_names(use_hr).index(stage) + 1:]
-                    if following:
-                        bar.set_postfix_str(f"image {i + 1}/{len(items)}: {following[0]}")
-                    if callback is not None:
-                        callback(stage, i)
-
                 bar.set_postfix_str(f"image {i + 1}/{len(items)}: preprocess")
                 condition = self.preprocess(item)
                 timings = dict(preprocess=condition.seconds, encoder=0.0)
-                done("preprocess")
+                done("preprocess", i)
                 generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
                 lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress)
-                done("lr")
+                done("lr", i)
                 latents = lr
                 if use_hr:
                     latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
-                    done("hr")
+                    done("hr", i)
                 mesh, status, queries, watertight = self.extract(latents, chosen, timings)
-                done("mesh")
+                done("mesh", i)
                 bar.update()
                 timings["total"] = sum(timings.values())
                 yield GenerationResult(
