@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row, on_white  # OSMesa before pyrender
+from mar3d.data.render_normals import normal_map_row, on_white  # OSMesa before pyrender
+from mar3d.evaluation.sheet import comparison_sheet
 import trimesh  # noqa: E402
 
 VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)"), ("lr_only", "(a) MAR-LR only"),

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row  # OSMesa before pyrender
+from mar3d.data.render_normals import normal_map_row  # OSMesa before pyrender
+from mar3d.evaluation.sheet import comparison_sheet
 import trimesh  # noqa: E402
 
 from mar3d.evaluation.vae_reconstruction import METRICS, normalized_ground_truth  # noqa: E402

@@ -239,7 +239,8 @@ def test_evaluate_cli_with_known_cameras(tmp_path, capsys, mustard):
 
 
 def test_comparison_picture_rows_frame_meshes_together_and_mark_missing_ones(mustard):
-    from mar3d.evaluation.render_normals import comparison_sheet, normal_map_row
+    from mar3d.data.render_normals import normal_map_row
+    from mar3d.evaluation.sheet import comparison_sheet
 
     small = mustard.copy()
     small.apply_scale(0.5)

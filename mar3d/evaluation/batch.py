@@ -154,7 +154,7 @@ def view_rotation(views: Path, index: int) -> np.ndarray:
 
 def comparison_image(pred, gt, resolution: int) -> np.ndarray:
     """(H, 4W, 3) uint8 on white: prediction and ground truth side by side, for each report view."""
-    from mar3d.evaluation.render_normals import render_normal_maps
+    from mar3d.data.render_normals import render_normal_maps
 
     images = render_normal_maps([pred, gt], list(RENDER_ROTATIONS), resolution)
     tiles = [images[m][v] for v in range(len(RENDER_ROTATIONS)) for m in range(2)]

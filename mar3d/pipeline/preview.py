@@ -1,6 +1,6 @@
 """Normal-map previews of a generated mesh: four views around it, side by side, in one image.
 
-The renders are ``mar3d.evaluation.render_normals`` (pyrender over OSMesa; RGB = (n + 1) / 2 in the camera
+The renders are ``mar3d.data.render_normals`` (pyrender over OSMesa; RGB = (n + 1) / 2 in the camera
 frame: x right, y up, z towards the viewer; the mesh framed to fit the camera). The first view is the input
 image's (the mesh is view-aligned); the others turn the mesh by 90°, 180° and 270° about the vertical.
 """
@@ -25,7 +25,7 @@ def render_normal_views(mesh: trimesh.Trimesh, size: int = 256, azimuths=PREVIEW
     canvas = Image.new("RGB", (size * len(azimuths), size), BACKGROUND)
     if len(mesh.faces) == 0:
         return canvas
-    from mar3d.evaluation.render_normals import render_normal_maps  # pyrender: only when rendering
+    from mar3d.data.render_normals import render_normal_maps  # pyrender: only when rendering
 
     (views,) = render_normal_maps([mesh], [turn(a) for a in azimuths], size)
     for k, rgba in enumerate(views):

@@ -1,4 +1,4 @@
-"""Normal-map renders of meshes: shape without texture or lighting, for comparing a result with its target.
+"""Normal-map renders of meshes: shape without texture or lighting (generation previews, evaluation pictures).
 
 Each pixel shows the unit normal of the visible face in the view frame as colour ((n + 1) / 2: x right is
 red, y up is green, towards the camera is blue). Faces are shaded flat and turned to face the camera, so
@@ -79,23 +79,3 @@ def normal_map_row(meshes: list[trimesh.Trimesh | None], rotation: np.ndarray,
     present = [m for m in meshes if m is not None and len(m.faces)]
     renders = iter(row[0] for row in render_normal_maps(present, [rotation], resolution)) if present else iter(())
     return [on_white(next(renders)) if m is not None and len(m.faces) else None for m in meshes]
-
-
-def comparison_sheet(headers: list[str], rows: list[tuple[str, list[np.ndarray | None]]], cell: int):
-    """A PIL picture: one column per header, one row per (label, images), each image (cell, cell, 3) uint8;
-    a None image reads "no surface". Save it with ``.quantize(256)`` to keep a docs picture small."""
-    from PIL import Image, ImageDraw
-
-    sheet = Image.new("RGB", (cell * len(headers), 24 + cell * len(rows)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, text in enumerate(headers):
-        draw.text((c * cell + 8, 6), text, fill="black")
-    for r, (label, images) in enumerate(rows):
-        y = 24 + r * cell
-        for c, image in enumerate(images):
-            if image is not None:
-                sheet.paste(Image.fromarray(image), (c * cell, y))
-            else:
-                draw.text((c * cell + 8, y + cell // 2), "no surface", fill="black")
-        draw.text((4, y + cell - 14), label, fill="black")
-    return sheet
