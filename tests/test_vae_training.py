@@ -9,7 +9,7 @@ import trimesh
 from conftest import VAE_STEPS, WATERTIGHT_YCB, run_mar3d as mar3d
 from mar3d.data import layout
 from mar3d.data.datasets import draw_supervision
-from mar3d.evaluation.occupancy import volume_iou
+from mar3d.mesh.occupancy import volume_iou
 from mar3d.evaluation.surface import chamfer_distance
 from mar3d.models.vae import load_vae
 from mar3d.mesh.latents import latents_to_meshes, query_latents

@@ -61,7 +61,7 @@ def run(args) -> int:
     import torch
 
     from mar3d.data.mesh_io import MeshError
-    from mar3d.evaluation.occupancy import volume_iou
+    from mar3d.mesh.occupancy import volume_iou
     from mar3d.mesh.latents import latents_to_meshes, query_latents
     from mar3d.pipeline.reconstruct import encode_shapes, to_source_frame
     from mar3d.utils import atomic

@@ -120,7 +120,7 @@ def volume_iou(pred: trimesh.Trimesh, gt: trimesh.Trimesh, resolution: int = IOU
     """IoU of the winding-number occupancies (> 0.5 inside) of two normalized meshes on a grid of cell centres."""
     import torch
 
-    from mar3d.evaluation.occupancy import volume_iou as occupancy_iou
+    from mar3d.mesh.occupancy import volume_iou as occupancy_iou
 
     axis = (np.arange(resolution) + 0.5) / resolution * 2 * IOU_BOX - IOU_BOX
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)

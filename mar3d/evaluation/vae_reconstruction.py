@@ -16,9 +16,9 @@ import trimesh
 from mar3d.data import layout
 from mar3d.data.mesh_io import load_mesh
 from mar3d.evaluation.metrics import POINTS, point_metrics, sample_points
-from mar3d.evaluation.occupancy import volume_iou
-from mar3d.models.vae import PyramidVAE
 from mar3d.mesh.latents import latents_to_meshes, query_latents
+from mar3d.mesh.occupancy import volume_iou
+from mar3d.models.vae import PyramidVAE
 from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 
 VAE_THRESHOLDS = (0.02, 0.01)  # docs/protocol.md §3: the VAE is judged at fine thresholds

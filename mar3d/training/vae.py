@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from mar3d.config import from_dict, to_dict
 from mar3d.data.datasets import VAEDataset, draw_pyramid
 from mar3d.data import layout
-from mar3d.evaluation.occupancy import volume_iou
+from mar3d.mesh.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.vae import Posterior, PyramidVAE, save_vae
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit

@@ -1,4 +1,5 @@
-"""Volume IoU of predicted occupancy against ground-truth labels (docs/protocol.md §3, VAE reconstruction)."""
+"""Volume IoU of predicted occupancy against ground-truth labels: VAE validation in training, and VAE
+reconstruction metrics in evaluation (docs/protocol.md §3)."""
 from __future__ import annotations
 
 import torch
