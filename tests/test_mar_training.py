@@ -14,6 +14,7 @@ from mar3d.data.datasets import rotate_pyramid, draw_pyramid
 from mar3d.data.prepare import item_rng
 from mar3d.models.mar import load_mar
 from mar3d.models.vae import load_vae
+from mar3d.training.cache_latents import vae_fingerprint
 from mar3d.training.logs import read_scalars
 from mar3d.utils.precision import autocast_dtype, autocast_for
 
@@ -22,7 +23,7 @@ def test_cache_holds_each_views_rotated_latents(prepared, tiny_vae_run, tiny_lat
     vae = load_vae(tiny_vae_run / "model")
     info = latent_cache.read_info(tiny_latents)
     assert info["objects"] == 4 and info["token_counts"] == [32, 128]
-    assert info["vae_fingerprint"] == latent_cache.vae_fingerprint(vae)
+    assert info["vae_fingerprint"] == vae_fingerprint(vae)
     assert sorted(latent_cache.cached_ids(tiny_latents)) == sorted(WATERTIGHT_YCB)
     item = WATERTIGHT_YCB[1]
     cached = latent_cache.read_item(tiny_latents, item)

@@ -36,11 +36,12 @@ def run(args) -> int:
 
     from mar3d.data import latent_cache as lc
     from mar3d.data import layout
+    from mar3d.training.cache_latents import encode_item_views, vae_fingerprint
 
     if args.views < 0:
         raise CLIError(f"--views must be >= 0, got {args.views}")
     vae = load_vae_arg(args.vae).eval()
-    fingerprint = lc.vae_fingerprint(vae)
+    fingerprint = vae_fingerprint(vae)
     out = Path(args.out)
     if (out / lc.CACHE_JSON).exists() and not lc.matches_vae(lc.read_info(out), fingerprint):
         raise CLIError(f"{out} holds latents of another VAE ({lc.read_info(out).get('vae')}); use a new --out")
@@ -62,8 +63,8 @@ def run(args) -> int:
     began = time.perf_counter()
     for root, item_id in tqdm(todo, desc="cache-latents", unit="object", disable=args.no_progress):
         try:
-            latents = lc.encode_item_views(vae, root, item_id, counts, seed=args.seed, batch_size=args.batch_size,
-                                           views=args.views)
+            latents = encode_item_views(vae, root, item_id, counts, seed=args.seed, batch_size=args.batch_size,
+                                        views=args.views)
         except (OSError, ValueError, KeyError) as e:
             tqdm.write(f"failed: {root / item_id}: {e}")
             failed += 1

@@ -24,6 +24,7 @@ from mar3d.data.datasets import rotate_pyramid, torch_seeded_rng, composite_on_w
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
+from mar3d.training.cache_latents import vae_fingerprint
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import TrainConfig
 from mar3d.training.loader import train_loader
@@ -215,7 +216,7 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
         raise ValueError(f"the VAE encodes {vae.config.token_counts} tokens, this MAR needs {sorted(needed)}")
     if config.latents:
         info = latent_cache.read_info(config.latents)
-        if not latent_cache.matches_vae(info, latent_cache.vae_fingerprint(vae)):
+        if not latent_cache.matches_vae(info, vae_fingerprint(vae)):
             raise ValueError(f"{config.latents} was cached with another VAE ({info.get('vae')}), not {config.vae}")
     selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
     if config.data.measure_latent_scale:  # deterministic, so a resumed run measures the same value
