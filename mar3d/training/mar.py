@@ -8,7 +8,7 @@ a ``mar3d cache-latents`` folder when one is given, otherwise the frozen VAE enc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -66,7 +66,8 @@ class ViewLatents(Dataset):
     view frame for the VAE to encode. Plus ``id`` and ``view``.
     """
 
-    def __init__(self, root: Path, ids: list[str], config: MARRunConfig, views: int = 0):
+    def __init__(self, root: Path, ids: list[str], config: MARRunConfig, views: int = 0,
+                 pyramid_sizes: tuple[int, ...] = ()):
         self.root, self.config = Path(root), config
         self.items = []
         for item_id in ids:
@@ -76,7 +77,7 @@ class ViewLatents(Dataset):
         if not self.items:
             raise ValueError(f"{self.root}: the objects have no rendered views")
         self.cache = Path(config.latents) if config.latents else None
-        self.pyramid_sizes: tuple[int, ...] = ()
+        self.pyramid_sizes = tuple(pyramid_sizes)  # the VAE's levels, drawn when there is no cache
         # index -> its image (uint8) and cached latents: decoding a 512² PNG costs more than a tiny MAR step,
         # so small datasets keep their decoded items in memory (data.cached_images)
         self._memory: dict[int, dict] = {}
@@ -200,6 +201,20 @@ def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens:
     return float(torch.cat(values).std())
 
 
+def measure_latent_scales(config: MARRunConfig, vae: PyramidVAE, selection) -> dict[str, float]:
+    """``latent_scale`` (and, for MAR-HR, ``lr_latent_scale``): 1 / std of the training latents.
+
+    Deterministic, so a resumed run measures the same values. Empty when ``data.measure_latent_scale`` is off.
+    """
+    model = config.model
+    if not config.data.measure_latent_scale:
+        return {}
+    scales = {"latent_scale": 1.0 / measure_latent_std(config, vae, selection, model.num_tokens)}
+    if model.stage == "hr":
+        scales["lr_latent_scale"] = 1.0 / measure_latent_std(config, vae, selection, model.lr_tokens)
+    return scales
+
+
 def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | Path, resume: bool = False,
               progress_bar: bool = True, **trainer_overrides) -> Path:
     """Train (or resume) MAR-LR or MAR-HR (``config.model.stage``); returns ``run_dir/model``."""
@@ -219,17 +234,13 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
         if not latent_cache.matches_vae(info, vae_fingerprint(vae)):
             raise ValueError(f"{config.latents} was cached with another VAE ({info.get('vae')}), not {config.vae}")
     selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
-    if config.data.measure_latent_scale:  # deterministic, so a resumed run measures the same value
-        config.model.latent_scale = 1.0 / measure_latent_std(config, vae, selection, config.model.num_tokens)
-        if config.model.stage == "hr":
-            config.model.lr_latent_scale = 1.0 / measure_latent_std(config, vae, selection, config.model.lr_tokens)
+    # The run's config with the measured scales (the caller's config is left as given).
+    config = replace(config, model=replace(config.model, **measure_latent_scales(config, vae, selection)))
     sets = {}
     for name, chosen, views in (("train", selection.train, config.data.views_per_object),
                                 ("val", selection.val, config.data.val_views)):
-        parts = [ViewLatents(root, ids, config, views) for root, ids in chosen.items()]
-        for part in parts:
-            part.pyramid_sizes = vae.config.pyramid_sizes()
-        sets[name] = ConcatDataset(parts)
+        sets[name] = ConcatDataset([ViewLatents(root, ids, config, views, vae.config.pyramid_sizes())
+                                    for root, ids in chosen.items()])
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
     module.attach_vae(vae)
