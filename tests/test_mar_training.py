@@ -58,8 +58,7 @@ def test_cache_resumes_and_refuses_another_vae(prepared, tiny_vae_run, tiny_late
 
 
 def test_cache_of_the_first_views_only_and_a_clear_error_past_them(prepared, tiny_vae_run, tiny_latents, tmp_path):
-    from mar3d.config import load_config
-    from mar3d.training.mar import MARRunConfig, ViewLatents
+    from mar3d.data.datasets import MARDataset
 
     item, cache = WATERTIGHT_YCB[0], tmp_path / "cache"
     run_mar3d("cache-latents", prepared, "--vae", tiny_vae_run, "--out", cache, "--only", item, "--views", 3,
@@ -67,9 +66,7 @@ def test_cache_of_the_first_views_only_and_a_clear_error_past_them(prepared, tin
     partial, full = latent_cache.read_item(cache, item), latent_cache.read_item(tiny_latents, item)
     for key, value in partial.items():
         assert value.shape[0] == 3 and torch.allclose(value, full[key][:3], atol=1e-5)
-    config = load_config("tiny", MARRunConfig, "mar")
-    config.latents = str(cache)
-    dataset = ViewLatents(prepared, [item], config, views=4)
+    dataset = MARDataset(prepared, [item], views=4, latents=cache, tokens=32)
     assert dataset[2]["latents"].shape == (32, 32)
     with pytest.raises(ValueError, match=r"holds 3 views, view 3 is needed.*views_per_object"):
         dataset[3]

@@ -12,15 +12,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from torch.utils.data import Dataset
 
-from mar3d.data import layout
+from mar3d.data import latent_cache, layout
 
 PAPER_PYRAMID = (16384, 4096, 1024)  # paper: HR encoding levels, nested
 LR_EXTRA_LEVEL = 256  # one level below, for encoding the 256-token LR latents from (4096, 1024, 256)
 DEFAULT_PYRAMID = PAPER_PYRAMID + (LR_EXTRA_LEVEL,)
 DEFAULT_SUPERVISION = 20480  # paper
 NEAR_SURFACE_SHARE = 0.25  # release: 1/4 near-surface, 3/4 uniform
+LR_LATENTS_KEY = "lr_latents"  # MAR-HR items: the LR latents of the same view, its condition
 
 
 def torch_seeded_rng() -> np.random.Generator:
@@ -89,8 +91,7 @@ class _PreparedItems(Dataset):
             missing = sorted(set(ids) - set(available))
             if missing:
                 raise ValueError(f"{self.root}: not prepared (or failed): {', '.join(missing[:10])}")
-            wanted = set(ids)
-            available = [i for i in available if i in wanted]
+            available = list(dict.fromkeys(ids))  # in the order given (a run's validation ids)
         excluded = set(exclude)
         self.ids = [i for i in available if i not in excluded]
         if not self.ids:
@@ -138,33 +139,71 @@ class VAEDataset(_PreparedItems):
 
 
 class MARDataset(_PreparedItems):
-    """Per item: one conditioning view (composited on white) and the surface pyramid in that view's frame.
+    """(object, view) pairs of one prepared directory: the MAR's training items.
 
-    Items are (object, view) pairs. Item keys: ``image`` (3, H, W) in [0, 1], ``pyramid`` (list of
-    (n_k, 6), rotated into the view frame), ``rotation`` (3, 3), ``id``, ``view``.
+    Item keys: ``image`` (3, S, S) in [0, 1], composited on white and quantized to 8-bit values; then either the
+    cached ``latents`` (N, C) of ``tokens`` tokens (and ``lr_latents`` (N_lr, C) when ``lr_tokens`` is given)
+    read from a ``latents`` cache folder (``mar3d.data.latent_cache``), or without one the surface ``pyramid``
+    (list of (n_k, 6)) rotated into the view frame, for a VAE to encode. Plus ``rotation`` (3, 3), ``id`` and
+    ``view``. ``views`` > 0 takes the first that many rendered views of each object (0: all).
     """
 
-    def __init__(self, root, ids=None, exclude=(), pyramid: Sequence[int] = DEFAULT_PYRAMID,
-                 image_size: int = 224, views: Sequence[int] | None = None):
+    def __init__(self, root, ids=None, exclude=(), pyramid: Sequence[int] = DEFAULT_PYRAMID, image_size: int = 224,
+                 views: int = 0, latents: str | Path | None = None, tokens: int | None = None,
+                 lr_tokens: int | None = None, cached_images: int = 0):
         super().__init__(root, ids, exclude)
         self.pyramid, self.image_size = tuple(pyramid), image_size
-        self.items: list[tuple[str, dict]] = []
+        self.items: list[tuple[str, int, dict]] = []
         for item_id in self.ids:
             item_views = layout.read_views(self.root, item_id)
-            chosen = range(len(item_views)) if views is None else views
-            self.items.extend((item_id, item_views[j] | {"index": j}) for j in chosen)
+            count = min(views, len(item_views)) if views else len(item_views)
+            self.items.extend((item_id, j, item_views[j]) for j in range(count))
         if not self.items:
-            raise ValueError(f"{self.root}: the prepared items have no rendered views")
+            raise ValueError(f"{self.root}: the objects have no rendered views")
+        self.latents = Path(latents) if latents else None
+        if self.latents is not None and tokens is None:
+            raise ValueError("reading cached latents needs their token count")
+        self.tokens, self.lr_tokens = tokens, lr_tokens
+        # index -> its image (uint8) and cached latents: decoding a 512² PNG costs more than a tiny MAR step,
+        # so small datasets keep up to ``cached_images`` decoded items in memory (per process)
+        self.cached_images = cached_images
+        self._memory: dict[int, dict] = {}
+
+    def _load(self, index: int) -> dict:
+        """The deterministic part of an item: the image (8-bit values) and, with a cache, its latents."""
+        item_id, j, view = self.items[index]
+        with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
+            # Quantized to 8 bits always, so an image is the same whether it came from memory or not
+            # (and a resumed run, whose memory fills in another order, sees the same values).
+            out = {"image": (composite_on_white(im, self.image_size) * 255).round().to(torch.uint8)}
+        if self.latents is not None:
+            path = self.latents / f"{item_id}{latent_cache.SUFFIX}"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no cached latents for {item_id} (run `mar3d cache-latents`)")
+            with safe_open(str(path), framework="pt") as f:
+                target = f.get_slice(latent_cache.tokens_key(self.tokens))
+                if j >= target.get_shape()[0]:
+                    raise ValueError(f"{path}: holds {target.get_shape()[0]} views, view {j} is needed; set "
+                                     "data.views_per_object to at most that or re-run `mar3d cache-latents`")
+                out["latents"] = target[j]
+                if self.lr_tokens is not None:
+                    out[LR_LATENTS_KEY] = f.get_slice(latent_cache.tokens_key(self.lr_tokens))[j]
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        item_id, view = self.items[index]
-        rng = torch_seeded_rng()
-        s = self._samples(item_id)
-        pyramid = rotate_pyramid(view["rotation"], draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid, rng))
-        with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
-            image = composite_on_white(im, self.image_size)
-        return {"image": image, "pyramid": pyramid, "rotation": torch.from_numpy(view["rotation"].astype(np.float32)),
-                "id": item_id, "view": view["index"]}
+        item_id, j, view = self.items[index]
+        loaded = self._memory.get(index)
+        if loaded is None:
+            loaded = self._load(index)
+            if len(self._memory) < self.cached_images:
+                self._memory[index] = loaded
+        out = dict(loaded, image=loaded["image"].float() / 255, id=item_id, view=j,
+                   rotation=torch.from_numpy(view["rotation"].astype(np.float32)))
+        if self.latents is None:
+            s = layout.read_samples(self.root, item_id)
+            pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid, torch_seeded_rng())
+            out["pyramid"] = rotate_pyramid(view["rotation"], pyramid)
+        return out

@@ -1,9 +1,10 @@
-"""Training MAR-LR and MAR-HR: data (cached or online VAE latents), the Lightning module, ``train_mar``.
+"""Training MAR-LR and MAR-HR: the run config, the Lightning module, ``train_mar``.
 
 Each training sample is one (object, rendered view) pair: the view composited on white is the condition,
 the VAE latents of the object rotated into that view's frame are the target (256 tokens for MAR-LR, 1024
 for MAR-HR, which also gets the 256-token latents of the same view as its LR condition). Latents come from
-a ``mar3d cache-latents`` folder when one is given, otherwise the frozen VAE encodes each batch.
+a ``mar3d cache-latents`` folder when one is given, otherwise the frozen VAE encodes each batch. The items
+are ``mar3d.data.datasets.MARDataset``'s.
 """
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from safetensors import safe_open
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data import latent_cache, layout
-from mar3d.data.datasets import rotate_pyramid, torch_seeded_rng, composite_on_white, draw_pyramid
+from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
@@ -29,8 +28,6 @@ from mar3d.training.common import AveragedModule, averaged_model, configure_adam
 from mar3d.training.config import TrainConfig
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
-
-LR_TOKENS_KEY = "lr_latents"
 
 
 @dataclass
@@ -58,70 +55,6 @@ class MARRunConfig:
             raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
 
 
-class ViewLatents(Dataset):
-    """(object, view) pairs of one prepared directory.
-
-    Item keys: ``image`` (3, S, S) on white; then either the cached ``latents`` (N, C) (and
-    ``lr_latents`` (N_lr, C) for MAR-HR), or the surface ``pyramid`` (list of (n_k, 6)) rotated into the
-    view frame for the VAE to encode. Plus ``id`` and ``view``.
-    """
-
-    def __init__(self, root: Path, ids: list[str], config: MARRunConfig, views: int = 0,
-                 pyramid_sizes: tuple[int, ...] = ()):
-        self.root, self.config = Path(root), config
-        self.items = []
-        for item_id in ids:
-            item_views = layout.read_views(self.root, item_id)
-            count = min(views, len(item_views)) if views else len(item_views)
-            self.items.extend((item_id, j, item_views[j]) for j in range(count))
-        if not self.items:
-            raise ValueError(f"{self.root}: the objects have no rendered views")
-        self.cache = Path(config.latents) if config.latents else None
-        self.pyramid_sizes = tuple(pyramid_sizes)  # the VAE's levels, drawn when there is no cache
-        # index -> its image (uint8) and cached latents: decoding a 512² PNG costs more than a tiny MAR step,
-        # so small datasets keep their decoded items in memory (data.cached_images)
-        self._memory: dict[int, dict] = {}
-
-    def _load(self, index: int) -> dict:
-        """The deterministic part of an item: the image (8-bit values) and, with a cache, its latents."""
-        item_id, j, view = self.items[index]
-        with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
-            # Quantized to 8 bits always, so an image is the same whether it came from memory or not
-            # (and a resumed run, whose memory fills in another order, sees the same values).
-            out = {"image": (composite_on_white(im, self.config.data.image_size) * 255).round().to(torch.uint8)}
-        if self.cache is not None:
-            model = self.config.model
-            path = self.cache / f"{item_id}{latent_cache.SUFFIX}"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: no cached latents for {item_id} (run `mar3d cache-latents`)")
-            with safe_open(str(path), framework="pt") as f:
-                target = f.get_slice(latent_cache.tokens_key(model.num_tokens))
-                if j >= target.get_shape()[0]:
-                    raise ValueError(f"{path}: holds {target.get_shape()[0]} views, view {j} is needed; set "
-                                     "data.views_per_object to at most that or re-run `mar3d cache-latents`")
-                out["latents"] = target[j]
-                if model.stage == "hr":
-                    out[LR_TOKENS_KEY] = f.get_slice(latent_cache.tokens_key(model.lr_tokens))[j]
-        return out
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        item_id, j, view = self.items[index]
-        loaded = self._memory.get(index)
-        if loaded is None:
-            loaded = self._load(index)
-            if len(self._memory) < self.config.data.cached_images:
-                self._memory[index] = loaded
-        out = dict(loaded, image=loaded["image"].float() / 255, id=item_id, view=j)
-        if self.cache is None:
-            s = layout.read_samples(self.root, item_id)
-            pyramid = draw_pyramid(s["surface_points"], s["surface_normals"], self.pyramid_sizes, torch_seeded_rng())
-            out["pyramid"] = rotate_pyramid(view["rotation"], pyramid)
-        return out
-
-
 class MARModule(AveragedModule):
     def __init__(self, run_config: dict):
         super().__init__()
@@ -147,7 +80,7 @@ class MARModule(AveragedModule):
         """Target latents (B, N, C) and, for MAR-HR, LR latents (B, N_lr, C): cached, or encoded now."""
         model = self.run_config.model
         if "latents" in batch:
-            return batch["latents"].float(), batch.get(LR_TOKENS_KEY)
+            return batch["latents"].float(), batch.get(LR_LATENTS_KEY)
         vae = self._vae[0]
         latents = vae.encode(batch["pyramid"], model.num_tokens).mean.float()
         lr = vae.encode(batch["pyramid"], model.lr_tokens).mean.float() if model.stage == "hr" else None
@@ -175,12 +108,23 @@ class MARModule(AveragedModule):
 def _collate(items: list[dict]) -> dict:
     out = {"image": torch.stack([i["image"] for i in items]), "id": [i["id"] for i in items],
            "view": torch.tensor([i["view"] for i in items])}
-    for key in ("latents", LR_TOKENS_KEY):
+    for key in ("latents", LR_LATENTS_KEY):
         if key in items[0]:
             out[key] = torch.stack([i[key] for i in items])
     if "pyramid" in items[0]:
         out["pyramid"] = [torch.stack(levels) for levels in zip(*(i["pyramid"] for i in items))]
     return out
+
+
+def mar_dataset(config: MARRunConfig, root: Path, ids: list[str], views: int = 0,
+                pyramid_sizes: tuple[int, ...] = ()) -> MARDataset:
+    """The run's (object, view) pairs of one prepared directory: cached latents when the run has a cache,
+    else surface pyramids of the VAE's ``pyramid_sizes`` for it to encode."""
+    model = config.model
+    return MARDataset(root, ids, pyramid=pyramid_sizes, image_size=config.data.image_size, views=views,
+                      latents=config.latents or None, tokens=model.num_tokens,
+                      lr_tokens=model.lr_tokens if model.stage == "hr" else None,
+                      cached_images=config.data.cached_images)
 
 
 def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens: int, objects: int = 16) -> float:
@@ -239,7 +183,7 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
     sets = {}
     for name, chosen, views in (("train", selection.train, config.data.views_per_object),
                                 ("val", selection.val, config.data.val_views)):
-        sets[name] = ConcatDataset([ViewLatents(root, ids, config, views, vae.config.pyramid_sizes())
+        sets[name] = ConcatDataset([mar_dataset(config, root, ids, views, vae.config.pyramid_sizes())
                                     for root, ids in chosen.items()])
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
