@@ -9,11 +9,8 @@ import fcntl
 import glob
 import hashlib
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +18,7 @@ from typing import Callable, Iterable
 from mar3d.data import layout
 from mar3d.data.mesh_io import MeshError, is_mesh_file
 from mar3d.data.prepare import PrepareSettings, is_finished, prepare_item
+from mar3d.utils.pool import WORKER_DIED, run_jobs
 
 
 def discover_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
@@ -164,26 +162,13 @@ def run_batch(
     if on_progress:
         on_progress(result, total)
 
-    if workers <= 1:
-        for source, item_id in todo:
-            finish(_run_one(source, item_id, str(out_dir), settings))
-            if on_progress:
-                on_progress(result, total)
-    else:
-        # spawn: each worker gets its own clean GL context (forking a process with one is unsafe).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_run_one, s, i, str(out_dir), settings): (s, i) for s, i in todo}
-            for future in as_completed(futures):
-                try:
-                    record = future.result()
-                except BrokenProcessPool:
-                    source, item_id = futures[future]
-                    record = {"id": item_id, "source": source, "status": "failed", "seconds": 0.0,
-                              "reason": "a worker process died (native crash, or killed by the OS for memory); "
-                                        "re-run to retry"}
-                finish(record)
-                if on_progress:
-                    on_progress(result, total)
+    def crashed(job: tuple) -> dict:
+        source, item_id = job[:2]
+        return {"id": item_id, "source": source, "status": "failed", "seconds": 0.0, "reason": WORKER_DIED}
+
+    for record in run_jobs(_run_one, [(s, i, str(out_dir), settings) for s, i in todo], workers, crashed):
+        finish(record)
+        if on_progress:
+            on_progress(result, total)
     compact_manifest(out_dir)
     return result

@@ -13,11 +13,9 @@ Pairing rule (ids):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +28,7 @@ from mar3d.data.mesh_io import MeshError, is_mesh_file, load_mesh
 from mar3d.evaluation.metrics import POINTS
 from mar3d.evaluation.protocol import evaluate_pair
 from mar3d.utils import atomic
+from mar3d.utils.pool import WORKER_DIED, run_jobs
 
 PREFERRED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 VIEW_ID = re.compile(r"^(?P<gt>.+)_view(?P<view>\d+)$")
@@ -211,7 +210,8 @@ def evaluate_one(pair: Pair, out_dir: str, settings: EvaluateSettings) -> dict:
 
 def run_pairs(pairs: list[Pair], out_dir: str | Path, settings: EvaluateSettings, workers: int = 1,
               on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Evaluate every pair (in ``workers`` processes); records sorted by id."""
+    """Evaluate every pair (in ``workers`` processes); records sorted by id. A pair whose worker died is
+    recorded as failed (``mar3d.utils.pool``)."""
     records = []
 
     def finish(record: dict) -> None:
@@ -219,15 +219,12 @@ def run_pairs(pairs: list[Pair], out_dir: str | Path, settings: EvaluateSettings
         if on_record:
             on_record(record)
 
-    if workers <= 1:
-        for pair in pairs:
-            finish(evaluate_one(pair, str(out_dir), settings))
-    else:
-        # spawn: each worker gets its own clean GL context (forking a process with one is unsafe).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(evaluate_one, pair, str(out_dir), settings) for pair in pairs]
-            for future in as_completed(futures):
-                finish(future.result())
+    def crashed(job: tuple) -> dict:
+        pair = job[0]
+        return {"id": pair.id, "gt_id": pair.gt.id, "pred": str(pair.pred.path or ""), "gt": str(pair.gt.path or ""),
+                "status": "failed", "reason": WORKER_DIED, "file": "", "seconds": {"total": 0.0}}
+
+    for record in run_jobs(evaluate_one, [(pair, str(out_dir), settings) for pair in pairs], workers, crashed):
+        finish(record)
     return sorted(records, key=lambda r: r["id"])
 
