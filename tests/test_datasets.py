@@ -7,7 +7,7 @@ import torch
 
 from conftest import TEST_SETTINGS, WATERTIGHT_YCB
 from mar3d.data import layout
-from mar3d.data.datasets import DEFAULT_PYRAMID, MARDataset, VAEDataset
+from mar3d.data.datasets import DEFAULT_PYRAMID, MARDataset, VAEDataset, stack_pyramids
 from mar3d.data.sampling import inside_labels
 from mar3d.evaluation.surface import point_to_surface
 from test_samples import normalized_geometry
@@ -95,3 +95,10 @@ def test_dataloader_batches_items(prepared):
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 64, 64)
     assert [tuple(level.shape) for level in batch["pyramid"]] == [(4, n, 6) for n in SMALL_PYRAMID]
+
+
+def test_pyramids_stack_level_by_level():
+    pyramids = [[torch.full((n, 6), float(b)) for n in SMALL_PYRAMID] for b in range(3)]
+    batch = stack_pyramids(pyramids)
+    assert [tuple(level.shape) for level in batch] == [(3, n, 6) for n in SMALL_PYRAMID]
+    assert all(torch.equal(level[2], pyramids[2][k]) for k, level in enumerate(batch))

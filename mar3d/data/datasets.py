@@ -51,6 +51,11 @@ def draw_pyramid(points: np.ndarray, normals: np.ndarray, sizes: Sequence[int],
     return [torch.from_numpy(both[:n].copy()) for n in sizes]
 
 
+def stack_pyramids(pyramids: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-shape pyramids (each a list of (n_k, 6) levels, the same sizes) -> one batch: (B, n_k, 6) per level."""
+    return [torch.stack(levels) for levels in zip(*pyramids)]
+
+
 def draw_supervision(occ_points: np.ndarray, occ_labels: np.ndarray, near_count: int, count: int,
                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` occupancy points, 1/4 from the near-surface pool and 3/4 from the uniform pool.

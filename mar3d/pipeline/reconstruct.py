@@ -9,7 +9,7 @@ import torch
 import trimesh
 
 from mar3d.data import layout
-from mar3d.data.datasets import draw_pyramid
+from mar3d.data.datasets import draw_pyramid, stack_pyramids
 from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import normalization
 from mar3d.data.prepare import item_rng
@@ -53,8 +53,8 @@ def encode_shapes(vae: PyramidVAE, shapes: list[ShapeSamples], tokens: int, seed
     # The trained counts share one nested draw (as in training); FPS queries also encode any other count.
     config = vae.config
     sizes = config.pyramid_sizes() if tokens in config.token_counts else config.level_sizes(tokens)
-    levels = [draw_pyramid(s.surface_points, s.surface_normals, sizes, item_rng(seed, s.id)) for s in shapes]
-    pyramid = [torch.stack(level).to(device) for level in zip(*levels)]
+    pyramids = [draw_pyramid(s.surface_points, s.surface_normals, sizes, item_rng(seed, s.id)) for s in shapes]
+    pyramid = [level.to(device) for level in stack_pyramids(pyramids)]
     with autocast_for(device, dtype):
         return vae.encode(pyramid, tokens).mean.float()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mar3d.data import layout
-from mar3d.data.datasets import draw_pyramid, rotate_pyramid
+from mar3d.data.datasets import draw_pyramid, rotate_pyramid, stack_pyramids
 from mar3d.data.latent_cache import tokens_key
 from mar3d.data.prepare import item_rng
 from mar3d.models.vae import PyramidVAE
@@ -42,7 +42,7 @@ def encode_item_views(vae: PyramidVAE, root: str | Path, item_id: str, token_cou
     out: dict[str, list[torch.Tensor]] = {tokens_key(n): [] for n in token_counts}
     for start in range(0, len(rotated), batch_size):
         chunk = rotated[start:start + batch_size]
-        levels = [torch.stack(level).to(device) for level in zip(*chunk)]
+        levels = [level.to(device) for level in stack_pyramids(chunk)]
         with autocast_for(device, autocast_dtype("auto", device)):
             for n in token_counts:
                 out[tokens_key(n)].append(vae.encode(levels, n).mean.float().cpu())

@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data import latent_cache, layout
-from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid
+from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid, stack_pyramids
 from mar3d.models.io import RUN_EXPORT_DIR
 from mar3d.models.mar import MAR, MARConfig, save_mar
 from mar3d.models.vae import PyramidVAE, load_vae
@@ -112,7 +112,7 @@ def _collate(items: list[dict]) -> dict:
         if key in items[0]:
             out[key] = torch.stack([i[key] for i in items])
     if "pyramid" in items[0]:
-        out["pyramid"] = [torch.stack(levels) for levels in zip(*(i["pyramid"] for i in items))]
+        out["pyramid"] = stack_pyramids([i["pyramid"] for i in items])
     return out
 
 

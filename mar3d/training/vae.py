@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mar3d.config import from_dict, to_dict
-from mar3d.data.datasets import VAEDataset, draw_pyramid
+from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR
@@ -137,7 +137,7 @@ def _stack(items: list[dict]) -> dict:
     out = {}
     for key in items[0]:
         if key == "pyramid":
-            out[key] = [torch.stack(levels) for levels in zip(*(i[key] for i in items))]
+            out[key] = stack_pyramids([i[key] for i in items])
         else:
             out[key] = torch.stack([i[key] for i in items])
     return out
