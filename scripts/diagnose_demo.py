@@ -152,7 +152,7 @@ class Context:
     @property
     def vae(self):
         if self._vae is None:
-            from mar3d.models.vae import load_vae
+            from mar3d.models.io import load_vae
 
             self._vae = load_vae(Path(self.args.model) / "vae").float().eval().requires_grad_(False)
             trained = set(json.loads((Path(self.args.model) / "vae" / "config.json").read_text()).get("train_ids", []))

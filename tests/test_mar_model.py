@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from mar3d.config import CONFIG_DIR, ConfigError, from_dict
-from mar3d.models.mar import MAR, MARConfig, load_mar, mask_schedule, save_mar
+from mar3d.models.io import load_mar, save_mar
+from mar3d.models.mar import MAR, MARConfig, mask_schedule
 
 PAPER_PARAMETERS = {"lr": 441_872_448, "hr": 445_084_736}  # trainable; the frozen CLIP/DINOv2 are not counted
 

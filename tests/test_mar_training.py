@@ -12,8 +12,7 @@ from conftest import MAR_STEPS, WATERTIGHT_YCB, run_mar3d
 from mar3d.data import latent_cache, layout
 from mar3d.data.datasets import rotate_pyramid, draw_pyramid
 from mar3d.data.prepare import item_rng
-from mar3d.models.mar import load_mar
-from mar3d.models.vae import load_vae
+from mar3d.models.io import load_mar, load_vae
 from mar3d.training.cache_latents import vae_fingerprint
 from mar3d.training.logs import read_scalars
 from mar3d.utils.precision import autocast_dtype, autocast_for
@@ -50,7 +49,7 @@ def test_cache_resumes_and_refuses_another_vae(prepared, tiny_vae_run, tiny_late
     vae = load_vae(tiny_vae_run / "model")
     with torch.no_grad():
         vae.to_logit.bias += 1.0  # other weights
-    from mar3d.models.vae import save_vae
+    from mar3d.models.io import save_vae
 
     save_vae(vae, other)
     refused = run_mar3d("cache-latents", prepared, "--vae", other, "--out", tiny_latents, check=2)

@@ -175,7 +175,8 @@ def test_clip_dinov2_pipeline_loads_and_generates(tiny_vae_run, banana, tmp_path
     import yaml
 
     from mar3d.config import CONFIG_DIR, from_dict
-    from mar3d.models.mar import MAR, MARConfig, save_mar
+    from mar3d.models.io import save_mar
+    from mar3d.models.mar import MAR, MARConfig
     from mar3d.pipeline.export import assemble_pipeline
 
     torch.manual_seed(0)

@@ -6,7 +6,8 @@ import torch
 
 from mar3d.config import ConfigError, load_config
 from mar3d.models.fps import farthest_point_sample
-from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae, save_vae
+from mar3d.models.io import load_vae, save_vae
+from mar3d.models.vae import PyramidVAE, VAEConfig
 from mar3d.training.config import VAERunConfig
 
 SMALL = dict(width=64, heads=4, latent_channels=16, encoder_layers=1, decoder_layers=2)

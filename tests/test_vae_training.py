@@ -11,7 +11,7 @@ from mar3d.data import layout
 from mar3d.data.datasets import draw_supervision
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.evaluation.surface import chamfer_distance
-from mar3d.models.vae import load_vae
+from mar3d.models.io import load_vae
 from mar3d.mesh.latents import latents_to_meshes, query_latents
 from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 from mar3d.training.logs import read_scalars

@@ -11,8 +11,7 @@ from mar3d.pipeline.settings import DTYPE_CHOICES
 
 def load_vae_arg(path: str | Path, flag: str = "--vae"):
     """Load the VAE in a model folder or a training run's ``model/``, or raise a one-line CLIError."""
-    from mar3d.models.io import model_folder
-    from mar3d.models.vae import load_vae
+    from mar3d.models.io import load_vae, model_folder
 
     try:
         return load_vae(model_folder(path))

@@ -1,6 +1,8 @@
 """A model on disk is a folder: ``config.json`` (the architecture) + ``model.safetensors`` (the weights).
 
-Loading needs neither the training code nor pickle, so a shared model folder cannot run code.
+Loading needs neither the training code nor pickle, so a shared model folder cannot run code. The
+``kind`` in config.json names the class: ``VAE_KIND`` (``PyramidVAE``) or ``MAR_KIND`` (``MAR``, either stage);
+``save_vae`` / ``load_vae`` and ``save_mar`` / ``load_mar`` are the ways in and out.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 RUN_EXPORT_DIR = "model"  # a training run exports its final (EMA) weights to RUN/model
 M = TypeVar("M", bound=nn.Module)
+VAE_KIND = "pyramid_vae"
+MAR_KIND = "mar"
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, kind: str, extra: dict | None = None) -> Path:
@@ -57,3 +61,25 @@ def model_folder(path: str | Path) -> Path:
     if (path / RUN_EXPORT_DIR / CONFIG_FILE).exists():
         return path / RUN_EXPORT_DIR
     return path
+
+
+def save_vae(vae, folder: str | Path, extra: dict | None = None) -> Path:
+    return save_pretrained(vae, folder, VAE_KIND, extra)
+
+
+def load_vae(folder: str | Path, map_location: str | torch.device = "cpu"):
+    """The ``PyramidVAE`` of a model folder."""
+    from mar3d.models.vae import PyramidVAE, VAEConfig
+
+    return load_pretrained(PyramidVAE, VAEConfig, folder, VAE_KIND, map_location)
+
+
+def save_mar(model, folder: str | Path, extra: dict | None = None) -> Path:
+    return save_pretrained(model, folder, MAR_KIND, extra)
+
+
+def load_mar(folder: str | Path, map_location: str | torch.device = "cpu"):
+    """The ``MAR`` (LR or HR) of a model folder."""
+    from mar3d.models.mar import MAR, MARConfig
+
+    return load_pretrained(MAR, MARConfig, folder, MAR_KIND, map_location)

@@ -310,18 +310,3 @@ class MAR(nn.Module):
             tokens.scatter_(1, index[..., None].expand(-1, -1, tokens.shape[-1]), new.view(b, count, -1).float())
             mask.scatter_(1, index, False)
         return tokens / self.config.latent_scale
-
-
-KIND = "mar"
-
-
-def save_mar(model: MAR, folder, extra: dict | None = None):
-    from mar3d.models.io import save_pretrained
-
-    return save_pretrained(model, folder, KIND, extra)
-
-
-def load_mar(folder, map_location="cpu") -> MAR:
-    from mar3d.models.io import load_pretrained
-
-    return load_pretrained(MAR, MARConfig, folder, KIND, map_location)

@@ -190,18 +190,3 @@ class PyramidVAE(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         kl = kl.float().mean()
         return {"loss": bce + self.config.kl_weight * kl, "bce": bce, "kl": kl}
-
-
-KIND = "pyramid_vae"
-
-
-def save_vae(vae: PyramidVAE, folder, extra: dict | None = None):
-    from mar3d.models.io import save_pretrained
-
-    return save_pretrained(vae, folder, KIND, extra)
-
-
-def load_vae(folder, map_location="cpu") -> PyramidVAE:
-    from mar3d.models.io import load_pretrained
-
-    return load_pretrained(PyramidVAE, VAEConfig, folder, KIND, map_location)

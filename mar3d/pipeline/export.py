@@ -15,9 +15,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mar3d.config import ConfigError, from_dict
-from mar3d.models.io import CONFIG_FILE, RUN_EXPORT_DIR, WEIGHTS_FILE, model_folder, read_model_config
-from mar3d.models.mar import KIND as MAR_KIND, MARConfig, load_mar
-from mar3d.models.vae import KIND as VAE_KIND, VAEConfig, load_vae
+from mar3d.models.io import (CONFIG_FILE, MAR_KIND, RUN_EXPORT_DIR, VAE_KIND, WEIGHTS_FILE, load_mar, load_vae,
+                             model_folder, read_model_config)
+from mar3d.models.mar import MARConfig
+from mar3d.models.vae import VAEConfig
 from mar3d.pipeline.pipeline import (FORMAT, MAR_HR_DIR, MAR_LR_DIR, PIPELINE_FILE, VAE_DIR, VERSION,
                                      MAR3DPipeline, SamplingDefaults, check_compatible)
 from mar3d.utils import atomic

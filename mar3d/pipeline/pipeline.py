@@ -42,8 +42,9 @@ from mar3d.config import ConfigError, from_dict
 from mar3d.mesh import PostprocessOptions
 from mar3d.mesh.latents import latents_to_meshes
 from mar3d.models.image_encoder import ClipDinov2Encoder
-from mar3d.models.mar import MAR, MARConfig, load_mar
-from mar3d.models.vae import PyramidVAE, VAEConfig, load_vae
+from mar3d.models.io import load_mar, load_vae
+from mar3d.models.mar import MAR, MARConfig
+from mar3d.models.vae import PyramidVAE, VAEConfig
 from mar3d.pipeline.images import preprocess
 # Re-exported: what callers of the pipeline module have always found here.
 from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401

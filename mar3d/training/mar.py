@@ -20,9 +20,9 @@ from torch.utils.data import ConcatDataset, DataLoader
 from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data import latent_cache, layout
 from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid, stack_pyramids
-from mar3d.models.io import RUN_EXPORT_DIR
-from mar3d.models.mar import MAR, MARConfig, save_mar
-from mar3d.models.vae import PyramidVAE, load_vae
+from mar3d.models.io import RUN_EXPORT_DIR, load_vae, save_mar
+from mar3d.models.mar import MAR, MARConfig
+from mar3d.models.vae import PyramidVAE
 from mar3d.training.cache_latents import vae_fingerprint
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import TrainConfig

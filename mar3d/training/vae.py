@@ -13,8 +13,8 @@ from mar3d.config import from_dict, to_dict
 from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
-from mar3d.models.io import RUN_EXPORT_DIR
-from mar3d.models.vae import Posterior, PyramidVAE, save_vae
+from mar3d.models.io import RUN_EXPORT_DIR, save_vae
+from mar3d.models.vae import Posterior, PyramidVAE
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import VAERunConfig
 from mar3d.training.loader import train_loader
