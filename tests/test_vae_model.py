@@ -48,9 +48,11 @@ def test_kl_is_zero_exactly_at_the_prior():
 def test_training_latents_are_seeded_samples_or_the_mean_by_share():
     """``mean_decode_share`` decides per shape, from the shape's seed, whether it trains on its mean."""
     from mar3d.models.vae import Posterior
-    from mar3d.training.vae import sample_per_shape
 
     posterior = Posterior(torch.randn(64, 4, 2), torch.zeros(64, 4, 2))
+
+    def sample_per_shape(posterior, seeds, mean_share=0.0):
+        return posterior.sample_per_shape(seeds, mean_share)
     seeds = torch.arange(64)
 
     def is_mean(latents):
@@ -63,6 +65,17 @@ def test_training_latents_are_seeded_samples_or_the_mean_by_share():
     assert torch.equal(half, sample_per_shape(posterior, seeds, mean_share=0.5))  # deterministic
     one = sample_per_shape(Posterior(posterior.mean[5:6], posterior.logvar[5:6]), seeds[5:6], mean_share=0.5)
     assert torch.equal(one, half[5:6])  # a shape's choice and noise do not depend on its batch
+
+
+def test_forward_is_encode_sample_decode_with_each_shapes_seed():
+    config = VAEConfig(**SMALL, token_counts=[16, 64])
+    vae = PyramidVAE(config).eval()
+    pyramid, points, seeds = real_pyramid(config), torch.rand(2, 100, 3) * 2 - 1, torch.tensor([3, 8])
+    with torch.no_grad():
+        logits, kl = vae(pyramid, points, 64, seeds=seeds, mean_share=0.5)
+        posterior = vae.encode(pyramid, 64)
+        expected = vae.decode(posterior.sample_per_shape(seeds, 0.5), points)
+    assert torch.equal(logits, expected) and torch.equal(kl, posterior.kl())
 
 
 def test_batched_encoding_and_decoding_equal_one_by_one():

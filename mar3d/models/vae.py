@@ -82,6 +82,23 @@ class Posterior:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + (0.5 * self.logvar).exp() * noise
 
+    def sample_per_shape(self, seeds: torch.Tensor, mean_share: float = 0.0) -> torch.Tensor:
+        """A sample (B, N, C) whose noise for each shape comes from that shape's seed (B,) (training's sampler's).
+
+        So a training step is a function of its samples alone: W ranks with batch B train exactly as one
+        process with batch W * B. The generator is seeded with seed + 1, not the stream the shape's points were
+        drawn from. With ``mean_share`` > 0 that generator first decides whether the shape gets its mean instead.
+        """
+        device = self.mean.device
+        latents = []
+        for mean, logvar, seed in zip(self.mean, self.logvar, seeds.tolist()):
+            generator = torch.Generator(device).manual_seed(seed + 1)
+            if mean_share > 0 and torch.rand((), generator=generator, device=device).item() < mean_share:
+                latents.append(mean[None])
+            else:
+                latents.append(Posterior(mean[None], logvar[None]).sample(generator))
+        return torch.cat(latents)
+
     def kl(self) -> torch.Tensor:
         """(B,) KL to the unit Gaussian, averaged over tokens and channels."""
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).mean(dim=(1, 2))
@@ -180,10 +197,17 @@ class PyramidVAE(nn.Module):
 
     # ----------------------------------------------------------------- training
     def forward(self, pyramid: list[torch.Tensor], points: torch.Tensor, tokens: int,
+                seeds: torch.Tensor | None = None, mean_share: float = 0.0,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruct: logits (B, Q) at ``points`` and the KL (B,) of the posterior."""
+        """Paper §3.2, reconstruction: encode, sample the posterior, decode. Logits (B, Q) at ``points`` and the
+        KL (B,) of the posterior.
+
+        With ``seeds`` (B,) each shape's noise comes from its own seed and a ``mean_share`` of the shapes decode
+        their mean (``Posterior.sample_per_shape``, what training does); otherwise ``generator`` draws it.
+        """
         posterior = self.encode(pyramid, tokens)
-        return self.decode(posterior.sample(generator), points), posterior.kl()
+        latents = posterior.sample(generator) if seeds is None else posterior.sample_per_shape(seeds, mean_share)
+        return self.decode(latents, points), posterior.kl()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor) -> dict[str, torch.Tensor]:
         """Paper Eq. 3: BCE on occupancy + kl_weight * KL."""

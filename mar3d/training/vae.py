@@ -14,7 +14,7 @@ from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR, save_vae
-from mar3d.models.vae import Posterior, PyramidVAE
+from mar3d.models.vae import PyramidVAE
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import VAERunConfig
 from mar3d.training.loader import train_loader
@@ -46,10 +46,9 @@ class VAEModule(AveragedModule):
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         tokens = self.tokens_for_step(self.global_step)
-        posterior = self.vae.encode(batch["pyramid"], tokens)
-        latents = sample_per_shape(posterior, batch["seed"], self.run_config.model.mean_decode_share)
-        logits = self.vae.decode(latents, batch["points"])
-        losses = self.vae.loss(logits, batch["labels"], posterior.kl())
+        logits, kl = self.vae(batch["pyramid"], batch["points"], tokens, seeds=batch["seed"],
+                              mean_share=self.run_config.model.mean_decode_share)
+        losses = self.vae.loss(logits, batch["labels"], kl)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(logits))
         self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(logits))
         return losses["loss"]
@@ -66,24 +65,6 @@ class VAEModule(AveragedModule):
 
     def configure_optimizers(self):
         return configure_adamw(self.vae, self.run_config.train)
-
-
-def sample_per_shape(posterior: Posterior, seeds: torch.Tensor, mean_share: float = 0.0) -> torch.Tensor:
-    """A posterior sample (B, N, C) whose noise for each shape comes from that shape's seed (the sampler's).
-
-    So a step is a function of its samples alone: W ranks with batch B train exactly as one process with
-    batch W * B. The generator is seeded with seed + 1, not the stream the shape's points were drawn from.
-    With ``mean_share`` > 0 that generator first decides whether the shape gets its posterior mean instead.
-    """
-    device = posterior.mean.device
-    latents = []
-    for mean, logvar, seed in zip(posterior.mean, posterior.logvar, seeds.tolist()):
-        generator = torch.Generator(device).manual_seed(seed + 1)
-        if mean_share > 0 and torch.rand((), generator=generator, device=device).item() < mean_share:
-            latents.append(mean[None])
-        else:
-            latents.append(Posterior(mean[None], logvar[None]).sample(generator))
-    return torch.cat(latents)
 
 
 def validation_items(root: Path, ids: list[str], config: VAERunConfig, seed: int = 1234) -> list[dict]:
