@@ -30,8 +30,7 @@ from mar3d.config import load_config
 from mar3d.models.mar import MAR
 from mar3d.models.vae import PyramidVAE
 from mar3d.pipeline.pipeline import MAR3DPipeline, SamplingDefaults
-from mar3d.training.config import VAERunConfig
-from mar3d.training.mar import MARRunConfig
+from mar3d.training.config import MARRunConfig, VAERunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
 """Configs are data: YAML/JSON files validated into typed dataclasses (one schema per concept).
 
 Loading rejects unknown or mistyped keys by name ("unknown key 'widht' in model; did you mean 'width'?"),
-so a typo fails at start instead of silently training the default.
+so a typo fails at start instead of silently training the default. A schema may define a classmethod
+``migrate(data, where) -> data`` that rewrites what older files carry (a setting that moved or retired)
+before the check; a parent's runs before its sections are built.
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, checking every key and value type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    if hasattr(cls, "migrate"):
+        data = cls.migrate(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {}

@@ -166,9 +166,29 @@ def test_bundled_configs_load_and_paper_size_is_release_scale():
     ({"model": {"width": 65, "heads": 4}}, "divisible"),
     ({"model": {"queries": "random"}}, "must be one of"),
     ({"train": {"lr": -1.0}}, "train.lr"),
-    ({"model": {"mean_decode_share": 1.5}}, "model.mean_decode_share must be in"),
+    ({"train": {"mean_decode_share": 1.5}}, "train.mean_decode_share must be in"),
+    ({"model": {"mean_decode_share": 1.5}}, "train.mean_decode_share must be in"),  # moved there
+    ({"model": {"kl_weight": 0.1}, "train": {"kl_weight": 0.2}}, "kl_weight is given in both model and train"),
     ({"trian": {}}, "did you mean 'train'"),
 ])
 def test_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         load_config(data, VAERunConfig, "vae")
+
+
+def test_training_settings_live_in_train_and_older_files_still_load(tmp_path):
+    """``kl_weight`` / ``mean_decode_share`` were model settings: older run configs (and checkpoints) move them
+    to ``train``; older model folders, such as the bundled demo's VAE, carry them and load without them."""
+    import json
+
+    config = load_config({"model": {"kl_weight": 0.01, "mean_decode_share": 0.5}}, VAERunConfig, "vae")
+    assert (config.train.kl_weight, config.train.mean_decode_share) == (0.01, 0.5)
+    assert not hasattr(config.model, "kl_weight") and not hasattr(config.model, "mean_decode_share")
+    assert load_config("tiny", VAERunConfig, "vae").train.mean_decode_share == 0.5
+    vae = PyramidVAE(VAEConfig(**SMALL, token_counts=[16, 64]))
+    save_vae(vae, tmp_path / "model")
+    document = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert "kl_weight" not in document["config"] and "mean_decode_share" not in document["config"]
+    document["config"].update(kl_weight=0.001, mean_decode_share=0.0)  # as exported before
+    (tmp_path / "model" / "config.json").write_text(json.dumps(document))
+    assert load_vae(tmp_path / "model").config == vae.config

@@ -44,8 +44,7 @@ def add_parser(sub, name: str) -> None:
 
 def _load(args):
     """The run config of the stage, with the command line's overrides applied."""
-    from mar3d.training.config import VAERunConfig
-    from mar3d.training.mar import MARRunConfig
+    from mar3d.training.config import MARRunConfig, VAERunConfig
 
     is_vae = args.stage == "vae"
     try:

@@ -24,6 +24,7 @@ from mar3d.models.layers import Attention, CrossAttentionBlock, FourierEmbedder,
 
 LOGVAR_RANGE = (-30.0, 20.0)  # release
 INITIAL_LOGVAR = -6.0
+TRAINING_ONLY_KEYS = ("kl_weight", "mean_decode_share")  # once in VAEConfig, now in the VAE run's train section
 
 
 @dataclass
@@ -40,11 +41,12 @@ class VAEConfig:
     pyramid_ratio: int = 4  # each level has 1/ratio of the points of the one above
     points_per_token: int = 16  # densest level size / token count (paper: 16384 points -> 1024 tokens)
     token_counts: list[int] = field(default_factory=lambda: [256, 1024])  # counts it is trained to emit
-    kl_weight: float = 0.001  # paper Eq. 3 / release
-    # Share of training shapes decoded from the posterior mean instead of a sample (docs/vae.md): every later
-    # stage decodes means, which a decoder trained on samples alone can misread (unused channels are pure noise
-    # in training and exactly zero in the mean).
-    mean_decode_share: float = 0.0
+
+    @classmethod
+    def migrate(cls, data: dict, where: str) -> dict:
+        """Model folders exported before the training-only settings moved to the run's ``train`` section
+        (``mar3d.training.config.VAETrainConfig``) carry them here: ignored, a model does not use them."""
+        return {k: v for k, v in data.items() if k not in TRAINING_ONLY_KEYS}
 
     def validate(self) -> None:
         if self.width % self.heads:
@@ -56,8 +58,6 @@ class VAEConfig:
                 raise ConfigError(f"model: {n} tokens do not give whole pyramid levels")
         if self.queries == "fps" and self.points_per_token < 1:
             raise ConfigError("model.points_per_token must be >= 1")
-        if not 0 <= self.mean_decode_share <= 1:
-            raise ConfigError(f"model.mean_decode_share must be in [0, 1], got {self.mean_decode_share}")
 
     @property
     def num_levels(self) -> int:
@@ -209,8 +209,9 @@ class PyramidVAE(nn.Module):
         latents = posterior.sample(generator) if seeds is None else posterior.sample_per_shape(seeds, mean_share)
         return self.decode(latents, points), posterior.kl()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Paper Eq. 3: BCE on occupancy + kl_weight * KL."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor,
+             kl_weight: float) -> dict[str, torch.Tensor]:
+        """Paper Eq. 3: BCE on occupancy + kl_weight * KL (the weight is a training setting, train.kl_weight)."""
         bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         kl = kl.float().mean()
-        return {"loss": bce + self.config.kl_weight * kl, "bce": bce, "kl": kl}
+        return {"loss": bce + kl_weight * kl, "bce": bce, "kl": kl}

@@ -1,11 +1,13 @@
-"""Training-run configs: what every stage shares (``TrainConfig``) and the VAE run (model + data + train)."""
+"""Training-run configs: what every stage shares (``TrainConfig``), the VAE run and the MAR runs (model + data +
+train each); the model sections are the models' own configs, saved with every exported model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mar3d.config import ConfigError
-from mar3d.models.vae import VAEConfig
+from mar3d.models.mar import MARConfig
+from mar3d.models.vae import TRAINING_ONLY_KEYS, VAEConfig
 
 
 @dataclass
@@ -49,6 +51,20 @@ class TrainConfig:
 
 
 @dataclass
+class VAETrainConfig(TrainConfig):
+    kl_weight: float = 0.001  # paper Eq. 3 / release
+    # Share of training shapes decoded from the posterior mean instead of a sample (docs/vae.md): every later
+    # stage decodes means, which a decoder trained on samples alone can misread (unused channels are pure noise
+    # in training and exactly zero in the mean).
+    mean_decode_share: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.mean_decode_share <= 1:
+            raise ConfigError(f"train.mean_decode_share must be in [0, 1], got {self.mean_decode_share}")
+
+
+@dataclass
 class VAEDataConfig:
     supervision_points: int = 20480  # paper
     rotate: bool = True  # rotation augmentation by the stored view rotations
@@ -62,4 +78,45 @@ class VAEDataConfig:
 class VAERunConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     data: VAEDataConfig = field(default_factory=VAEDataConfig)
+    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+
+    @classmethod
+    def migrate(cls, data: dict, where: str) -> dict:
+        """Configs and checkpoints written when ``kl_weight`` / ``mean_decode_share`` were model settings: the
+        values move to ``train``."""
+        model, train = data.get("model"), data.get("train") or {}
+        if not isinstance(model, dict) or not isinstance(train, dict) or not set(model) & set(TRAINING_ONLY_KEYS):
+            return data
+        model, train = dict(model), dict(train)
+        for key in TRAINING_ONLY_KEYS:
+            if key in model:
+                if key in train:
+                    raise ConfigError(f"{where}: {key} is given in both model and train; it belongs in train")
+                train[key] = model.pop(key)
+        return {**data, "model": model, "train": train}
+
+
+@dataclass
+class MARDataConfig:
+    image_size: int = 224  # conditioning images as loaded (the image encoder resizes to its own size)
+    views_per_object: int = 0  # use the first K rendered views of each object (0: all)
+    include_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)  # held out from training, validation loss on them
+    exclude_ids: list[str] = field(default_factory=list)  # held out from everything (evaluation)
+    measure_latent_scale: bool = True  # set model.latent_scale(s) to 1/std of the training latents
+    val_views: int = 2  # views per validation object
+    cached_images: int = 0  # keep up to this many decoded items (image as uint8 + latents) in memory, per process
+
+
+@dataclass
+class MARRunConfig:
+    model: MARConfig = field(default_factory=MARConfig)
+    data: MARDataConfig = field(default_factory=MARDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vae: str = ""  # the frozen VAE (model folder) whose latents this MAR models
+    latents: str = ""  # optional `mar3d cache-latents` folder made with that VAE
+
+    def validate(self) -> None:
+        if self.data.views_per_object < 0 or self.data.val_views < 1 or self.data.cached_images < 0:
+            raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
+

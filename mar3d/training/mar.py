@@ -9,7 +9,7 @@ are ``mar3d.data.datasets.MARDataset``'s.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -17,42 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from mar3d.config import ConfigError, from_dict, to_dict
+from mar3d.config import from_dict, to_dict
 from mar3d.data import latent_cache, layout
 from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid, stack_pyramids
 from mar3d.models.io import RUN_EXPORT_DIR, load_vae, save_mar
-from mar3d.models.mar import MAR, MARConfig
+from mar3d.models.mar import MAR
 from mar3d.models.vae import PyramidVAE
 from mar3d.training.cache_latents import vae_fingerprint
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
-from mar3d.training.config import TrainConfig
+from mar3d.training.config import MARRunConfig
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
-
-
-@dataclass
-class MARDataConfig:
-    image_size: int = 224  # conditioning images as loaded (the image encoder resizes to its own size)
-    views_per_object: int = 0  # use the first K rendered views of each object (0: all)
-    include_ids: list[str] = field(default_factory=list)
-    val_ids: list[str] = field(default_factory=list)  # held out from training, validation loss on them
-    exclude_ids: list[str] = field(default_factory=list)  # held out from everything (evaluation)
-    measure_latent_scale: bool = True  # set model.latent_scale(s) to 1/std of the training latents
-    val_views: int = 2  # views per validation object
-    cached_images: int = 0  # keep up to this many decoded items (image as uint8 + latents) in memory, per process
-
-
-@dataclass
-class MARRunConfig:
-    model: MARConfig = field(default_factory=MARConfig)
-    data: MARDataConfig = field(default_factory=MARDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    vae: str = ""  # the frozen VAE (model folder) whose latents this MAR models
-    latents: str = ""  # optional `mar3d cache-latents` folder made with that VAE
-
-    def validate(self) -> None:
-        if self.data.views_per_object < 0 or self.data.val_views < 1 or self.data.cached_images < 0:
-            raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
 
 
 class MARModule(AveragedModule):
