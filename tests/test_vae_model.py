@@ -8,8 +8,10 @@ from mar3d.config import ConfigError, load_config
 from mar3d.models.fps import farthest_point_sample
 from mar3d.models.io import load_vae, save_vae
 from mar3d.models.vae import PyramidVAE, VAEConfig
+from mar3d.pipeline.settings import DEMO_MODEL_DIR
 from mar3d.training.config import VAERunConfig
 
+DEMO_VAE = DEMO_MODEL_DIR / "vae"
 SMALL = dict(width=64, heads=4, latent_channels=16, encoder_layers=1, decoder_layers=2)
 
 
@@ -104,7 +106,7 @@ def test_single_level_ablation_and_any_token_count():
             assert vae.encode(real_pyramid(config, batch=1), tokens).mean.shape == (1, tokens, 16)
     pyramid_config = VAEConfig(**SMALL, token_counts=[512], points_per_token=16)
     assert pyramid_config.level_sizes(512) == [8192, 2048, 512]
-    assert len(PyramidVAE(pyramid_config).level_attn) == 3
+    assert len(PyramidVAE(pyramid_config).level_attention) == 3
 
 
 def test_encoding_needs_the_right_levels():
@@ -192,3 +194,77 @@ def test_training_settings_live_in_train_and_older_files_still_load(tmp_path):
     document["config"].update(kl_weight=0.001, mean_decode_share=0.0)  # as exported before
     (tmp_path / "model" / "config.json").write_text(json.dumps(document))
     assert load_vae(tmp_path / "model").config == vae.config
+
+
+def test_weights_of_the_older_per_level_layout_load_renamed():
+    """The per-level cross-attention was three parallel lists (level_norm_q.K, level_norm_x.K, level_attn.K), as
+    in the bundled demo model's weights: they load into LevelCrossAttention modules, same values, same outputs."""
+    from safetensors.torch import load_file
+
+    from mar3d.models.vae import current_name, legacy_name
+
+    assert legacy_name("vae.level_attention.2.norm_context.weight") == "vae.level_norm_x.2.weight"
+    assert current_name("ema.shadow.level_attn.1.to_kv.bias") == "ema.shadow.level_attention.1.attn.to_kv.bias"
+    vae = PyramidVAE(VAEConfig(**SMALL, token_counts=[16, 64])).eval()
+    old = {legacy_name(k): v for k, v in vae.state_dict().items()}
+    assert "level_norm_q.0.weight" in old and not any(k.startswith("level_attention") for k in old)
+    again = PyramidVAE(VAEConfig(**SMALL, token_counts=[16, 64])).eval()
+    again.load_state_dict(old)  # strict
+    pyramid = real_pyramid(vae.config)
+    with torch.no_grad():
+        assert torch.equal(again.encode(pyramid, 64).mean, vae.encode(pyramid, 64).mean)
+    demo = DEMO_VAE / "model.safetensors"
+    stored = load_file(str(demo))
+    assert "level_attn.0.to_q.weight" in stored  # the demo was exported with the older names
+    loaded = load_vae(DEMO_VAE).state_dict()
+    assert loaded.keys() == {current_name(k) for k in stored}
+    assert all(torch.equal(loaded[current_name(k)], v.to(loaded[current_name(k)].dtype)) for k, v in stored.items())
+
+
+def test_the_latent_cache_fingerprint_of_a_vae_is_the_same_under_either_layout():
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from mar3d.training.cache_latents import vae_fingerprint
+
+    digest = hashlib.sha256()  # as computed before the renaming: the older names, sorted
+    for name, tensor in sorted(load_file(str(DEMO_VAE / "model.safetensors")).items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().numpy().tobytes())
+    assert vae_fingerprint(load_vae(DEMO_VAE)) == digest.hexdigest()[:16]
+
+
+def test_checkpoints_of_the_older_layout_resume_with_their_optimizer_state():
+    """A training checkpoint saved with the older parameter layout: weights renamed as they load, and the
+    optimizer's moments of each parameter come back to that parameter (the optimizer keeps the older order)."""
+    from torch import nn
+
+    from mar3d.config import to_dict
+    from mar3d.training.common import parameter_groups
+    from mar3d.training.vae import VAEModule
+
+    config = load_config({"model": {**SMALL, "token_counts": [16, 64]}}, VAERunConfig, "vae")
+    module = VAEModule(to_dict(config))
+    vae = module.vae
+    legacy = nn.Module()  # the older registration order and names, over the same parameters
+    for name, child in vae.named_children():
+        if name == "level_attention":
+            legacy.level_norm_q = nn.ModuleList(level.norm_q for level in child)
+            legacy.level_norm_x = nn.ModuleList(level.norm_context for level in child)
+            legacy.level_attn = nn.ModuleList(level.attn for level in child)
+        else:
+            legacy.add_module(name, child)
+    optimizer = torch.optim.AdamW(parameter_groups(legacy, 0.02), lr=1e-3)
+    for i, p in enumerate(vae.parameters()):
+        p.grad = torch.full_like(p, float(i + 1))
+    optimizer.step()
+    moments = {id(p): optimizer.state[p]["exp_avg"].clone() for p in vae.parameters()}
+    checkpoint = {"state_dict": {f"vae.{k}": v for k, v in legacy.state_dict().items()} |
+                                {f"ema.shadow.{k}": v for k, v in legacy.state_dict().items()} |
+                                {"ema.updates": module.ema.updates.clone()},
+                  "optimizer_states": [optimizer.state_dict()]}
+    module.load_state_dict(checkpoint["state_dict"])  # strict: the older names are renamed on load
+    resumed = module.configure_optimizers()["optimizer"]
+    resumed.load_state_dict(checkpoint["optimizer_states"][0])
+    assert all(torch.equal(resumed.state[p]["exp_avg"], moments[id(p)]) for p in vae.parameters())

@@ -1,7 +1,7 @@
 """Pyramid VAE (paper §3.2): multi-resolution surface points -> latent tokens -> occupancy field.
 
     encode:  queries (FPS points of the densest level, or learned)           (B, N, D)
-             + sum over levels k of CrossAttn_k(queries, embed(level_k))     one block per level
+             + sum over levels k of CrossAttn_k(queries, embed(level_k))     one LevelCrossAttention per level
              -> self-attention x encoder_layers -> LayerNorm -> Linear -> mean, log-variance (B, N, C)
     decode:  Linear(C -> D) -> self-attention x decoder_layers               once per shape
              query points: embed -> CrossAttn(latents) -> LayerNorm -> Linear -> logit   per chunk
@@ -11,6 +11,7 @@ N = 256 from (4096, 1024, 256) (docs/method.md §4). See docs/vae.md for the cho
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,6 +113,61 @@ class DecoderCache:
     values: torch.Tensor
 
 
+class LevelCrossAttention(nn.Module):
+    """The encoder's attention to one pyramid level: normalized queries attend to the level's normalized points.
+
+    ``CrossAttentionBlock`` without its residual and MLP: the encoder adds every level's output to the same
+    queries and runs one MLP on the sum, so per-level blocks (each with its own MLP) would be another model.
+    (B, N, D), (B, n_k, D) -> (B, N, D).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q, self.norm_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.norm_q(queries), self.norm_context(context))
+
+
+# Before LevelCrossAttention, the per-level parts were three parallel lists: level_norm_q.K, level_norm_x.K and
+# level_attn.K (the bundled demo model and older runs and checkpoints). Loading renames them.
+_LEGACY_PARTS = {"level_norm_q": "norm_q", "level_norm_x": "norm_context", "level_attn": "attn"}
+_CURRENT_PARTS = {part: legacy for legacy, part in _LEGACY_PARTS.items()}
+_LEGACY_NAME = re.compile(r"(^|\.)(level_norm_q|level_norm_x|level_attn)\.(\d+)\.")
+_CURRENT_NAME = re.compile(r"(^|\.)level_attention\.(\d+)\.(norm_q|norm_context|attn)\.")
+
+
+def current_name(name: str) -> str:
+    """A parameter name of the older layout (``level_attn.1.to_q.weight``) -> today's
+    (``level_attention.1.attn.to_q.weight``); other names, with any prefix, unchanged."""
+    return _LEGACY_NAME.sub(lambda m: f"{m[1]}level_attention.{m[3]}.{_LEGACY_PARTS[m[2]]}.", name)
+
+
+def legacy_name(name: str) -> str:
+    """The inverse of ``current_name``."""
+    return _CURRENT_NAME.sub(lambda m: f"{m[1]}{_CURRENT_PARTS[m[3]]}.{m[2]}.", name)
+
+
+def is_legacy_name(name: str) -> bool:
+    return _LEGACY_NAME.search(name) is not None
+
+
+def legacy_order(names: list[str]) -> list[str]:
+    """Today's parameter names (in today's registration order) in the order the older layout registered them:
+    its three lists held every level's query norms, then every level's point norms, then the attentions."""
+    part_rank = {"norm_q": 0, "norm_context": 1, "attn": 2}
+    matches = [_CURRENT_NAME.search(n) for n in names]
+    first = next((i for i, m in enumerate(matches) if m), 0)
+    return [names[i] for i in sorted(range(len(names)), key=lambda i: (
+        (first, part_rank[matches[i][3]], int(matches[i][2]), i) if matches[i] else (i, 0, 0, 0)))]
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and is_legacy_name(k[len(prefix):])]:
+        state_dict[prefix + current_name(key[len(prefix):])] = state_dict.pop(key)
+
+
 class PyramidVAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -124,9 +180,7 @@ class PyramidVAE(nn.Module):
         if config.queries == "learned":
             self.learned_queries = nn.ParameterDict(
                 {str(n): nn.Parameter(torch.randn(n, d) * 0.02) for n in config.token_counts})
-        self.level_norm_q = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.num_levels))
-        self.level_norm_x = nn.ModuleList(nn.LayerNorm(d) for _ in range(config.num_levels))
-        self.level_attn = nn.ModuleList(Attention(d, config.heads) for _ in range(config.num_levels))
+        self.level_attention = nn.ModuleList(LevelCrossAttention(d, config.heads) for _ in range(config.num_levels))
         self.encoder_norm_mlp, self.encoder_mlp = nn.LayerNorm(d), MLP(d)
         self.encoder_layers = nn.ModuleList(SelfAttentionBlock(d, config.heads) for _ in range(config.encoder_layers))
         self.encoder_out_norm = nn.LayerNorm(d)
@@ -141,6 +195,7 @@ class PyramidVAE(nn.Module):
         self.query_embed = nn.Linear(self.fourier.out_dim, d)
         self.query_attn = CrossAttentionBlock(d, config.heads)
         self.out_norm, self.to_logit = nn.LayerNorm(d), nn.Linear(d, 1)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)  # older weights load (legacy_name)
 
     # ----------------------------------------------------------------- encoder
     def select_levels(self, pyramid: list[torch.Tensor], tokens: int) -> list[torch.Tensor]:
@@ -170,8 +225,8 @@ class PyramidVAE(nn.Module):
         levels = self.select_levels(pyramid, tokens)
         queries = self.initial_queries(levels[0], tokens)
         h = queries
-        for level, norm_q, norm_x, attn in zip(levels, self.level_norm_q, self.level_norm_x, self.level_attn):
-            h = h + attn(norm_q(queries), norm_x(self.embed_points(level)))
+        for level, attention in zip(levels, self.level_attention):
+            h = h + attention(queries, self.embed_points(level))
         h = h + self.encoder_mlp(self.encoder_norm_mlp(h))
         for block in self.encoder_layers:
             h = block(h)

@@ -15,14 +15,18 @@ from mar3d.data import layout
 from mar3d.data.datasets import draw_pyramid, rotate_pyramid, stack_pyramids
 from mar3d.data.latent_cache import tokens_key
 from mar3d.data.prepare import item_rng
-from mar3d.models.vae import PyramidVAE
+from mar3d.models.vae import PyramidVAE, legacy_name
 from mar3d.utils.precision import autocast_dtype, autocast_for
 
 
 def vae_fingerprint(vae: PyramidVAE) -> str:
-    """A short hash of the VAE's weights: a cache made with other weights must not be mixed in."""
+    """A short hash of the VAE's weights: a cache made with other weights must not be mixed in.
+
+    Hashed under the names of the older parameter layout (``legacy_name``), so caches made before the
+    per-level cross-attention became one module per level still match their VAE.
+    """
     digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
+    for name, tensor in sorted(((legacy_name(n), t) for n, t in vae.state_dict().items()), key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -8,6 +8,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -31,11 +32,14 @@ LAST = "last.ckpt"
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, no_decay_modules: tuple[nn.Module, ...] = ()) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, no_decay_modules: tuple[nn.Module, ...] = (),
+                     order: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
     """AdamW groups: no weight decay on biases, norm layers and the given modules.
 
     Decided by module and name, not by ``p.ndim < 2`` (the same split for our models): FSDP hands the
-    optimizer every parameter as a flat 1-D shard.
+    optimizer every parameter as a flat 1-D shard. Each group lists its parameters in module order, or in
+    ``order`` of their names when given (the order gradient clipping sums their norms in, and that of the
+    optimizer state in checkpoints).
     """
     excluded = {id(p) for m in no_decay_modules for p in m.parameters()}
     decay, no_decay, seen = [], [], set()
@@ -45,6 +49,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_decay_modules: tu
                 continue
             seen.add(id(p))
             (no_decay if name == "bias" or isinstance(module, NORMS) or id(p) in excluded else decay).append(p)
+    if order is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+
+        def reordered(group: list) -> list:
+            by_name = {names[id(p)]: p for p in group}
+            return [by_name[n] for n in order(list(by_name))]
+
+        decay, no_decay = reordered(decay), reordered(no_decay)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -56,9 +68,10 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def configure_adamw(model: nn.Module, config: TrainConfig, no_decay_modules: tuple[nn.Module, ...] = ()):
+def configure_adamw(model: nn.Module, config: TrainConfig, no_decay_modules: tuple[nn.Module, ...] = (),
+                    order: Callable[[list[str]], list[str]] | None = None):
     """Lightning's ``configure_optimizers`` result: AdamW + per-step warm-up/cosine schedule."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay, no_decay_modules),
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay, no_decay_modules, order),
                                   lr=config.lr, betas=tuple(config.betas))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.max_steps, config.min_lr_ratio))

@@ -14,7 +14,7 @@ from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR, save_vae
-from mar3d.models.vae import PyramidVAE
+from mar3d.models.vae import PyramidVAE, legacy_order
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import VAERunConfig
 from mar3d.training.loader import train_loader
@@ -65,7 +65,10 @@ class VAEModule(AveragedModule):
                 self.log(f"val/iou_{part}_{tokens}", iou, batch_size=len(logits))
 
     def configure_optimizers(self):
-        return configure_adamw(self.vae, self.run_config.train)
+        # The parameters in the order the VAE registered them before its per-level cross-attention became one
+        # module per level (legacy_order): gradient clipping sums their norms in that order, so training is
+        # bit for bit what it was, and the optimizer state of checkpoints saved before fits as it is.
+        return configure_adamw(self.vae, self.run_config.train, order=legacy_order)
 
 
 def validation_items(root: Path, ids: list[str], config: VAERunConfig, seed: int = 1234) -> list[dict]:
