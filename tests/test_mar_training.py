@@ -132,3 +132,21 @@ def test_exclude_holds_objects_out_of_training_and_validation(prepared):
     chosen = select_objects([prepared], config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
     used = set(chosen.train_ids) | {i for ids in chosen.val.values() for i in ids}
     assert WATERTIGHT_YCB[0] not in used and "teapot" not in used and WATERTIGHT_YCB[1] in used
+
+
+def test_mar_fine_tuning_keeps_the_source_latent_scale_and_weights(prepared, tiny_vae_run, tiny_latents,
+                                                                   tiny_mar_lr_run, tmp_path):
+    """--init-from a trained MAR-LR: the run keeps its source's latent scale (its weights expect latents
+    normalized that way) and starts from its weights; a VAE folder is refused as a MAR source."""
+    source = load_mar(tiny_mar_lr_run / "model")
+    args = ["train", "mar-lr", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run, "--latents", tiny_latents,
+            "--no-progress", "--max-steps", 5, "--only", *WATERTIGHT_YCB[2:]]
+    run_mar3d(*args, "--out", tmp_path / "tuned", "--init-from", tiny_mar_lr_run)
+    tuned = load_mar(tmp_path / "tuned" / "model")
+    assert tuned.config.latent_scale == source.config.latent_scale
+    torch.manual_seed(0)
+    fresh = type(source)(source.config)
+    weights = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    assert (weights(tuned) - weights(source)).abs().mean() < 0.1 * (weights(fresh) - weights(source)).abs().mean()
+    wrong = run_mar3d(*args, "--out", tmp_path / "wrong", "--init-from", tiny_vae_run, check=2)
+    assert "not a 'mar'" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+import yaml
 
 from conftest import VAE_STEPS, WATERTIGHT_YCB, run_mar3d as mar3d
 from mar3d.data import layout
@@ -133,3 +134,32 @@ def test_evaluate_vae_scores_token_counts_and_draws_the_curve(tiny_run, prepared
     assert len(list((out / "meshes" / "tiny").rglob("*.glb"))) == 6
     bad = mar3d("evaluate-vae", "--vae", tmp_path / "nope", "--data", prepared, "--out", out, check=2)
     assert "--vae" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fine_tuning_starts_from_the_trained_model_and_refuses_another_architecture(tiny_run, prepared, tmp_path):
+    """--init-from: ten more steps from the trained tiny VAE still reconstruct the box (a random start is
+    nowhere near after ten steps); a config of another width is refused, naming the field."""
+    box = WATERTIGHT_YCB[0]
+    shape = samples_from_prepared(prepared, box)
+    near = layout.read_meta(prepared, box)["counts"]["occupancy_near_surface"]
+    points, labels = draw_supervision(*shape.occupancy, near, 20480, np.random.default_rng(7))
+
+    def box_iou(vae):
+        return volume_iou(query_latents(vae, encode_shapes(vae, [shape], 128), points[None]), labels[None]).item()
+
+    tuned = tmp_path / "tuned"
+    args = ["train", "vae", "--data", prepared, "--no-progress", "--max-steps", 10, "--only", *WATERTIGHT_YCB,
+            "--init-from", tiny_run]
+    mar3d(*args, "--config", "tiny", "--out", tuned)
+    assert yaml.safe_load((tuned / "config.yaml").read_text())["train"]["init_from"] == str((tiny_run / "model").resolve())
+    assert box_iou(load_vae(tuned / "model")) >= max(0.85, box_iou(load_vae(tiny_run / "model")) - 0.05)
+    fresh = tmp_path / "fresh"
+    mar3d(*args[:-2], "--config", "tiny", "--out", fresh)
+    assert box_iou(load_vae(fresh / "model")) < 0.7
+
+    wide = tmp_path / "wide.yaml"
+    resolved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    wide.write_text(yaml.safe_dump({**resolved, "model": {**resolved["model"], "width": 64}}))
+    refused = mar3d(*args, "--config", wide, "--out", tmp_path / "wide", check=2)
+    assert "differs from this run's in" in refused.stderr and "width (128 there, 64 here)" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -23,7 +23,8 @@ def add_parser(sub, name: str) -> None:
             "trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly. "
             "One device, or DDP / FSDP over GPUs and nodes (--strategy, --devices, --num-nodes; launch one "
             "process per GPU with srun or torchrun, see docs/training.md). --resume continues exactly where the "
-            "run stopped: same data order, same random draws."),
+            "run stopped: same data order, same random draws. --init-from fine-tunes a trained model (e.g. the "
+            "bundled demo's mar3d/assets/demo_model/mar_lr) on new data."),
         formatter_class=HelpFormatter)
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--config", required=True, help="YAML config file or bundled name (tiny, small, paper)")
@@ -39,6 +40,9 @@ def add_parser(sub, name: str) -> None:
                    help="hold these prepared ids out of training and validation (data.exclude_ids, e.g. an evaluation set)")
     p.add_argument("--vae", metavar="RUN_OR_MODEL_DIR", help="mar-lr / mar-hr: the trained VAE")
     p.add_argument("--latents", metavar="CACHE_DIR", help="mar-lr / mar-hr: latents from `mar3d cache-latents`")
+    p.add_argument("--init-from", metavar="RUN_OR_MODEL_DIR",
+                   help="fine-tune: start from this trained model of the same stage and architecture instead of a "
+                        "random initialisation (train.init_from; a MAR keeps its latent scales)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for batch jobs)")
 
 
@@ -51,6 +55,10 @@ def _load(args):
         config = load_config(args.config, VAERunConfig if is_vae else MARRunConfig, "vae" if is_vae else "mar")
     except ConfigError as e:
         raise CLIError(str(e)) from None
+    if args.init_from:
+        from mar3d.models.io import model_folder
+
+        config.train.init_from = str(model_folder(args.init_from).resolve())
     for key in ("max_steps", "strategy", "devices", "num_nodes"):
         if getattr(args, key) is not None:
             setattr(config.train, key, getattr(args, key))

@@ -184,6 +184,30 @@ class AveragedModule(L.LightningModule):
     def averaged(self) -> nn.Module:
         return self.ema.shadow if self.ema is not None else self.live
 
+    def load_model(self, folder: Path) -> nn.Module:
+        """The exported model in ``folder``, of this module's kind (``start_from`` reads it)."""
+        raise NotImplementedError
+
+    def start_from(self, folder: str | Path) -> None:
+        """Fine-tuning (``train.init_from``): the live and averaged weights become those of ``folder``'s model.
+
+        The source must have this run's architecture: a different config would load mismatched or silently
+        re-purposed weights, so every differing field is named instead.
+        """
+        from mar3d.config import ConfigError, to_dict
+        from mar3d.models.io import model_folder
+
+        source = self.load_model(model_folder(folder))
+        mine, theirs = to_dict(self.live.config), to_dict(source.config)
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            raise ConfigError(f"train.init_from {folder}: its model differs from this run's in "
+                              + ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in differ))
+        state = source.state_dict()
+        self.live.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.shadow.load_state_dict(state)
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
@@ -237,5 +261,7 @@ def fit(module: L.LightningModule, train_loader: TrainLoader, val_loader, run_di
         atomic.remove_stale_temporaries(run_dir / CHECKPOINT_DIR)  # from a killed run
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(run_dir / RESOLVED_CONFIG, yaml.safe_dump(to_dict(run_config), sort_keys=False).encode())
+    if checkpoint is None and config.init_from:
+        module.start_from(config.init_from)
     trainer.fit(module, train_loader, val_loader, ckpt_path=checkpoint)
     return trainer

@@ -29,6 +29,9 @@ class TrainConfig:
     num_workers: int = 2
     prefetch_batches: int = 4  # batches each worker loads ahead
     seed: int = 0
+    # Fine-tuning: a model folder (or run) whose exported weights start this run instead of a random
+    # initialisation; it must have this run's architecture. A resumed run takes its weights from the checkpoint.
+    init_from: str = ""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # fsdp shards the paper-size MAR over GPUs
     devices: int | Literal["auto"] = "auto"  # per node: GPUs, or processes on CPU
     num_nodes: int = 1

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from mar3d.config import from_dict, to_dict
 from mar3d.data import latent_cache, layout
 from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid, stack_pyramids
-from mar3d.models.io import RUN_EXPORT_DIR, load_vae, save_mar
+from mar3d.models.io import MAR_KIND, RUN_EXPORT_DIR, load_mar, load_vae, model_folder, read_model_config, save_mar
 from mar3d.models.mar import MAR
 from mar3d.models.vae import PyramidVAE
 from mar3d.training.cache_latents import vae_fingerprint
@@ -42,6 +42,9 @@ class MARModule(AveragedModule):
     @property
     def live(self) -> MAR:
         return self.mar
+
+    def load_model(self, folder: Path) -> MAR:
+        return load_mar(folder)
 
     def attach_vae(self, vae: PyramidVAE) -> None:
         self._vae = [vae.eval().requires_grad_(False)]
@@ -134,6 +137,15 @@ def measure_latent_scales(config: MARRunConfig, vae: PyramidVAE, selection) -> d
     return scales
 
 
+def source_latent_scales(folder: str | Path) -> dict[str, float]:
+    """``latent_scale`` and ``lr_latent_scale`` of the exported MAR that a fine-tuning run starts from."""
+    document = read_model_config(model_folder(folder))
+    if document.get("kind") != MAR_KIND:
+        raise ValueError(f"train.init_from {folder}: holds a '{document.get('kind')}' model, not a '{MAR_KIND}'")
+    model = document["config"]
+    return {"latent_scale": model["latent_scale"], "lr_latent_scale": model["lr_latent_scale"]}
+
+
 def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | Path, resume: bool = False,
               progress_bar: bool = True, **trainer_overrides) -> Path:
     """Train (or resume) MAR-LR or MAR-HR (``config.model.stage``); returns ``run_dir/model``."""
@@ -153,8 +165,11 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
         if not latent_cache.matches_vae(info, vae_fingerprint(vae)):
             raise ValueError(f"{config.latents} was cached with another VAE ({info.get('vae')}), not {config.vae}")
     selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
-    # The run's config with the measured scales (the caller's config is left as given).
-    config = replace(config, model=replace(config.model, **measure_latent_scales(config, vae, selection)))
+    # The run's config with the measured scales (the caller's config is left as given). A fine-tuned MAR keeps
+    # its source's scales: its weights expect latents normalized as they were when it was trained.
+    scales = (source_latent_scales(config.train.init_from) if config.train.init_from
+              else measure_latent_scales(config, vae, selection))
+    config = replace(config, model=replace(config.model, **scales))
     sets = {}
     for name, chosen, views in (("train", selection.train, config.data.views_per_object),
                                 ("val", selection.val, config.data.val_views)):

@@ -13,7 +13,7 @@ from mar3d.config import from_dict, to_dict
 from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
-from mar3d.models.io import RUN_EXPORT_DIR, save_vae
+from mar3d.models.io import RUN_EXPORT_DIR, load_vae, save_vae
 from mar3d.models.vae import PyramidVAE, legacy_order
 from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
 from mar3d.training.config import VAERunConfig
@@ -32,6 +32,9 @@ class VAEModule(AveragedModule):
     @property
     def live(self) -> PyramidVAE:
         return self.vae
+
+    def load_model(self, folder: Path) -> PyramidVAE:
+        return load_vae(folder)
 
     @property
     def unused_parameters(self) -> bool:
