@@ -36,20 +36,22 @@ def save_pretrained(model: nn.Module, folder: str | Path, kind: str, extra: dict
     return folder
 
 
-def read_model_config(folder: str | Path) -> dict:
+def read_model_config(folder: str | Path, kind: str | None = None) -> dict:
+    """``folder/config.json``; with ``kind``, an error unless the folder holds a model of that kind."""
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{folder}: not a model folder (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+    document = json.loads(path.read_text())
+    if kind is not None and document.get("kind") != kind:
+        raise ValueError(f"{folder}: holds a '{document.get('kind')}' model, not a '{kind}'")
+    return document
 
 
 def load_pretrained(model_cls: type[M], config_cls, folder: str | Path, kind: str,
                     map_location: str | torch.device = "cpu") -> M:
     """Build ``model_cls(config)`` from ``folder/config.json`` and load its safetensors weights."""
     folder = Path(folder)
-    document = read_model_config(folder)
-    if document.get("kind") != kind:
-        raise ValueError(f"{folder}: holds a '{document.get('kind')}' model, not a '{kind}'")
+    document = read_model_config(folder, kind)
     model = model_cls(from_dict(config_cls, document["config"], f"{folder / CONFIG_FILE}"))
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)))
     return model.eval()

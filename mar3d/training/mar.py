@@ -139,10 +139,7 @@ def measure_latent_scales(config: MARRunConfig, vae: PyramidVAE, selection) -> d
 
 def source_latent_scales(folder: str | Path) -> dict[str, float]:
     """``latent_scale`` and ``lr_latent_scale`` of the exported MAR that a fine-tuning run starts from."""
-    document = read_model_config(model_folder(folder))
-    if document.get("kind") != MAR_KIND:
-        raise ValueError(f"train.init_from {folder}: holds a '{document.get('kind')}' model, not a '{MAR_KIND}'")
-    model = document["config"]
+    model = read_model_config(model_folder(folder), MAR_KIND)["config"]
     return {"latent_scale": model["latent_scale"], "lr_latent_scale": model["lr_latent_scale"]}
 
 
