@@ -36,8 +36,9 @@ def test_token_counts_and_shapes(queries):
         assert posterior.mean.shape == posterior.logvar.shape == (2, tokens, 16)
         kl = posterior.kl()
         assert kl.shape == (2,) and (kl >= 0).all()
-    logits, kl = vae(pyramid, torch.rand(2, 300, 3) * 2 - 1, 64)
-    assert logits.shape == (2, 300) and kl.shape == (2,)
+    output = vae(pyramid, torch.rand(2, 300, 3) * 2 - 1, 64)
+    assert output.logits.shape == (2, 300) and output.kl.shape == (2,)
+    assert torch.equal(output.anchor_error, torch.zeros(2))  # no local decoder
 
 
 def test_kl_is_zero_exactly_at_the_prior():
@@ -74,10 +75,10 @@ def test_forward_is_encode_sample_decode_with_each_shapes_seed():
     vae = PyramidVAE(config).eval()
     pyramid, points, seeds = real_pyramid(config), torch.rand(2, 100, 3) * 2 - 1, torch.tensor([3, 8])
     with torch.no_grad():
-        logits, kl = vae(pyramid, points, 64, seeds=seeds, mean_share=0.5)
+        output = vae(pyramid, points, 64, seeds=seeds, mean_share=0.5)
         posterior = vae.encode(pyramid, 64)
         expected = vae.decode(posterior.sample_per_shape(seeds, 0.5), points)
-    assert torch.equal(logits, expected) and torch.equal(kl, posterior.kl())
+    assert torch.equal(output.logits, expected) and torch.equal(output.kl, posterior.kl())
 
 
 def test_batched_encoding_and_decoding_equal_one_by_one():
@@ -127,8 +128,9 @@ def test_farthest_points_spread_better_than_random():
     assert coverage(fps) < 0.7 * coverage(points[:, :128])
 
 
-def test_model_folder_round_trip(tmp_path):
-    config = VAEConfig(**SMALL, token_counts=[16, 64])
+@pytest.mark.parametrize("local_decoder", [False, True])
+def test_model_folder_round_trip(tmp_path, local_decoder):
+    config = VAEConfig(**SMALL, token_counts=[16, 64], local_decoder=local_decoder)
     vae = PyramidVAE(config).eval()
     save_vae(vae, tmp_path / "model", extra={"note": "test"})
     loaded = load_vae(tmp_path / "model")
@@ -268,3 +270,53 @@ def test_checkpoints_of_the_older_layout_resume_with_their_optimizer_state():
     resumed = module.configure_optimizers()["optimizer"]
     resumed.load_state_dict(checkpoint["optimizer_states"][0])
     assert all(torch.equal(resumed.state[p]["exp_avg"], moments[id(p)]) for p in vae.parameters())
+
+
+def test_local_decoder_predicts_anchors_and_attends_near_them():
+    """``local_decoder``: the same latents (C channels per token), anchors predicted from them, and a per-head
+    Gaussian bias on the query's attention logits that favours tokens anchored near the query."""
+    config = VAEConfig(**SMALL, token_counts=[16, 64], local_decoder=True)
+    vae = PyramidVAE(config).eval()
+    pyramid, points = real_pyramid(config, batch=3), torch.rand(3, 200, 3) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(pyramid, 64)
+        assert posterior.mean.shape == (3, 64, 16)
+        # The FPS points the tokens were queried at: on the input surface (spheres of radius 0.4 / 0.65 / 0.9).
+        assert torch.allclose(posterior.positions.norm(dim=-1), torch.tensor([0.4, 0.65, 0.9])[:, None], atol=1e-5)
+        cache = vae.prepare_decoder(posterior.mean)
+        assert cache.anchors.shape == (3, 64, 3)
+        bias = vae.locality_bias(cache.anchors, points)
+        assert bias.shape == (3, config.heads, 200, 64) and (bias <= 0).all()
+        nearest = torch.cdist(points, cache.anchors).argmin(-1)
+        assert torch.equal(bias.argmax(-1), nearest[:, None].expand(-1, config.heads, -1))  # every head prefers it
+        # Batched equals one by one; the training forward reports the anchors' squared error.
+        together = vae.query(cache, points)
+        for i in range(3):
+            alone = vae.decode(posterior.mean[i:i + 1], points[i:i + 1])
+            assert torch.allclose(alone, together[i:i + 1], atol=1e-5)
+        output = vae(pyramid, points, 64, generator=torch.Generator().manual_seed(0))
+        anchors = vae.prepare_decoder(posterior.sample(torch.Generator().manual_seed(0))).anchors
+        expected = (anchors - posterior.positions).square().sum(-1).mean(-1)
+        assert torch.allclose(output.anchor_error, expected, atol=1e-6)
+    losses = vae.loss(output, (points.norm(dim=-1) < 0.5).float(), kl_weight=0.001, anchor_weight=0.5)
+    assert torch.allclose(losses["loss"], losses["bce"] + 0.001 * losses["kl"] + 0.5 * losses["anchor"])
+    with pytest.raises(ConfigError, match="local_decoder needs queries: fps"):
+        VAEConfig(**SMALL, queries="learned", local_decoder=True).validate()
+
+
+def test_local_decoder_learns_anchors_on_the_fps_points():
+    """A few optimizer steps on one sphere: the anchor error falls, and it is what pulls the anchors there."""
+    torch.manual_seed(0)
+    config = VAEConfig(**SMALL, token_counts=[16, 64], local_decoder=True)
+    vae = PyramidVAE(config)
+    pyramid, points = real_pyramid(config, batch=2), torch.rand(2, 256, 3) * 2 - 1
+    labels = (points.norm(dim=-1) < torch.tensor([0.4, 0.9])[:, None]).float()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    errors = []
+    for _ in range(60):
+        losses = vae.loss(vae(pyramid, points, 16, generator=torch.Generator().manual_seed(1)), labels, 0.001, 1.0)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        errors.append(losses["anchor"].item())
+    assert errors[-1] < 0.2 * errors[0], errors[::10]

@@ -43,9 +43,11 @@ class Attention(nn.Module):
         k, v = self.to_kv(context).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) queries against precomputed keys/values -> (B, N, D)."""
-        out = F.scaled_dot_product_attention(self._split(self.to_q(x)), keys, values)
+    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) queries against precomputed keys/values -> (B, N, D); ``bias`` (B, heads, N, M) is added to
+        the attention logits."""
+        out = F.scaled_dot_product_attention(self._split(self.to_q(x)), keys, values, attn_mask=bias)
         return self.out(out.transpose(1, 2).flatten(2))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,8 +91,9 @@ class CrossAttentionBlock(nn.Module):
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attn.keys_values(self.norm_context(context))
 
-    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.attend(self.norm_q(x), keys, values)
+    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn.attend(self.norm_q(x), keys, values, bias)
         return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

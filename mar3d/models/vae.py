@@ -4,7 +4,9 @@
              + sum over levels k of CrossAttn_k(queries, embed(level_k))     one LevelCrossAttention per level
              -> self-attention x encoder_layers -> LayerNorm -> Linear -> mean, log-variance (B, N, C)
     decode:  Linear(C -> D) -> self-attention x decoder_layers               once per shape
+             (local_decoder: + LayerNorm -> Linear -> an anchor point (B, N, 3) per token)
              query points: embed -> CrossAttn(latents) -> LayerNorm -> Linear -> logit   per chunk
+             (local_decoder: each head's attention logits get -c_h * |query - anchor|^2)
 
 One trained VAE emits both token counts the MARs need: N = 1024 from levels (16384, 4096, 1024) and
 N = 256 from (4096, 1024, 256) (docs/method.md §4). See docs/vae.md for the choice of FPS queries.
@@ -42,6 +44,11 @@ class VAEConfig:
     pyramid_ratio: int = 4  # each level has 1/ratio of the points of the one above
     points_per_token: int = 16  # densest level size / token count (paper: 16384 points -> 1024 tokens)
     token_counts: list[int] = field(default_factory=lambda: [256, 1024])  # counts it is trained to emit
+    # Locality prior for the decoder (ours, not the paper's; docs/vae.md): the decoder predicts each token's
+    # anchor, trained towards the FPS point the token was queried at, and each query attends more to tokens
+    # anchored near it (a Gaussian bias per head, widths learned). The latents stay C channels per token, so
+    # the MARs do not change. Needs FPS queries.
+    local_decoder: bool = False
 
     @classmethod
     def migrate(cls, data: dict, where: str) -> dict:
@@ -59,6 +66,8 @@ class VAEConfig:
                 raise ConfigError(f"model: {n} tokens do not give whole pyramid levels")
         if self.queries == "fps" and self.points_per_token < 1:
             raise ConfigError("model.points_per_token must be >= 1")
+        if self.local_decoder and self.queries != "fps":
+            raise ConfigError("model.local_decoder needs queries: fps (its anchors are the FPS points)")
 
     @property
     def num_levels(self) -> int:
@@ -78,6 +87,7 @@ class VAEConfig:
 class Posterior:
     mean: torch.Tensor  # (B, N, C)
     logvar: torch.Tensor  # (B, N, C)
+    positions: torch.Tensor | None = None  # (B, N, 3): the FPS points the tokens were queried at (None: learned)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
@@ -107,10 +117,22 @@ class Posterior:
 
 @dataclass
 class DecoderCache:
-    """What decoding a shape costs once: keys/values of the final cross-attention, (B, heads, N, D/heads)."""
+    """What decoding a shape costs once: keys/values of the final cross-attention, (B, heads, N, D/heads), and
+    for a local decoder each token's predicted anchor (B, N, 3)."""
 
     keys: torch.Tensor
     values: torch.Tensor
+    anchors: torch.Tensor | None = None
+
+
+@dataclass
+class Reconstruction:
+    """What a training forward pass gives: logits (B, Q), KL (B,) and, for a local decoder, the mean squared
+    distance (B,) of the predicted anchors from the FPS points (zeros otherwise)."""
+
+    logits: torch.Tensor
+    kl: torch.Tensor
+    anchor_error: torch.Tensor
 
 
 class LevelCrossAttention(nn.Module):
@@ -195,6 +217,11 @@ class PyramidVAE(nn.Module):
         self.query_embed = nn.Linear(self.fourier.out_dim, d)
         self.query_attn = CrossAttentionBlock(d, config.heads)
         self.out_norm, self.to_logit = nn.LayerNorm(d), nn.Linear(d, 1)
+        if config.local_decoder:
+            self.anchor_norm, self.to_anchor = nn.LayerNorm(d), nn.Linear(d, 3)
+            # Per-head Gaussian widths from 0.1 (local) to 1.0 (about global) in the [-1, 1] frame: log(1 / 2w^2).
+            widths = torch.logspace(-1, 0, config.heads) if config.heads > 1 else torch.tensor([0.3])
+            self.locality_log_scale = nn.Parameter(-torch.log(2 * widths**2))
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)  # older weights load (legacy_name)
 
     # ----------------------------------------------------------------- encoder
@@ -211,19 +238,20 @@ class PyramidVAE(nn.Module):
         """(B, P, 6) xyz + normal -> (B, P, D)."""
         return self.point_embed(torch.cat([self.fourier(points[..., :3]), points[..., 3:]], dim=-1))
 
-    def initial_queries(self, densest: torch.Tensor, tokens: int) -> torch.Tensor:
+    def initial_queries(self, densest: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Queries (B, N, D) and the points they stand for (B, N, 3), None for learned queries."""
         if self.config.queries == "learned":
             if str(tokens) not in self.learned_queries:
                 raise ValueError(f"learned queries exist for {self.config.token_counts} tokens, not {tokens}")
-            return self.learned_queries[str(tokens)].expand(densest.shape[0], -1, -1)
+            return self.learned_queries[str(tokens)].expand(densest.shape[0], -1, -1), None
         index = farthest_point_sample(densest[..., :3], tokens)
         picked = torch.gather(densest, 1, index[..., None].expand(-1, -1, densest.shape[-1]))
-        return self.embed_points(picked)
+        return self.embed_points(picked), picked[..., :3]
 
     def encode(self, pyramid: list[torch.Tensor], tokens: int) -> Posterior:
         """Surface pyramid (levels (B, n_k, 6), any superset of the needed ones) -> posterior over (B, N, C)."""
         levels = self.select_levels(pyramid, tokens)
-        queries = self.initial_queries(levels[0], tokens)
+        queries, positions = self.initial_queries(levels[0], tokens)
         h = queries
         for level, attention in zip(levels, self.level_attention):
             h = h + attention(queries, self.embed_points(level))
@@ -231,7 +259,7 @@ class PyramidVAE(nn.Module):
         for block in self.encoder_layers:
             h = block(h)
         mean, logvar = self.to_posterior(self.encoder_out_norm(h)).chunk(2, dim=-1)
-        return Posterior(mean, logvar.clamp(*LOGVAR_RANGE))
+        return Posterior(mean, logvar.clamp(*LOGVAR_RANGE), positions)
 
     # ----------------------------------------------------------------- decoder
     def prepare_decoder(self, latents: torch.Tensor) -> DecoderCache:
@@ -239,12 +267,20 @@ class PyramidVAE(nn.Module):
         h = self.from_latent(latents)
         for block in self.decoder_layers:
             h = block(h)
-        return DecoderCache(*self.query_attn.keys_values(h))
+        anchors = self.to_anchor(self.anchor_norm(h)) if self.config.local_decoder else None
+        return DecoderCache(*self.query_attn.keys_values(h), anchors)
+
+    def locality_bias(self, anchors: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Additive attention bias (B, heads, Q, N): -c_h |point - anchor|^2, c_h = exp(locality_log_scale_h)."""
+        distance2 = torch.cdist(points.float(), anchors.float()).square()  # (B, Q, N)
+        scale = self.locality_log_scale.float().exp()[None, :, None, None]
+        return (-scale * distance2[:, None]).to(points.dtype)
 
     def query(self, cache: DecoderCache, points: torch.Tensor) -> torch.Tensor:
         """Occupancy logits (B, Q) at points (B, Q, 3); positive inside."""
         x = self.query_embed(self.fourier(points))
-        x = self.query_attn.attend(x, cache.keys, cache.values)
+        bias = None if cache.anchors is None else self.locality_bias(cache.anchors, points).to(x.dtype)
+        x = self.query_attn.attend(x, cache.keys, cache.values, bias)
         return self.to_logit(self.out_norm(x)).squeeze(-1)
 
     def decode(self, latents: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -253,20 +289,30 @@ class PyramidVAE(nn.Module):
     # ----------------------------------------------------------------- training
     def forward(self, pyramid: list[torch.Tensor], points: torch.Tensor, tokens: int,
                 seeds: torch.Tensor | None = None, mean_share: float = 0.0,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paper §3.2, reconstruction: encode, sample the posterior, decode. Logits (B, Q) at ``points`` and the
-        KL (B,) of the posterior.
+                generator: torch.Generator | None = None) -> Reconstruction:
+        """Paper §3.2, reconstruction: encode, sample the posterior, decode: logits (B, Q) at ``points``, the
+        KL (B,) of the posterior and, for a local decoder, how far its anchors are from the FPS points (B,).
 
         With ``seeds`` (B,) each shape's noise comes from its own seed and a ``mean_share`` of the shapes decode
         their mean (``Posterior.sample_per_shape``, what training does); otherwise ``generator`` draws it.
         """
         posterior = self.encode(pyramid, tokens)
         latents = posterior.sample(generator) if seeds is None else posterior.sample_per_shape(seeds, mean_share)
-        return self.decode(latents, points), posterior.kl()
+        cache = self.prepare_decoder(latents)
+        if cache.anchors is None:
+            anchor_error = torch.zeros(len(latents), device=latents.device)
+        else:
+            anchor_error = (cache.anchors.float() - posterior.positions.float()).square().sum(-1).mean(-1)
+        return Reconstruction(self.query(cache, points), posterior.kl(), anchor_error)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor,
-             kl_weight: float) -> dict[str, torch.Tensor]:
-        """Paper Eq. 3: BCE on occupancy + kl_weight * KL (the weight is a training setting, train.kl_weight)."""
-        bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        kl = kl.float().mean()
-        return {"loss": bce + kl_weight * kl, "bce": bce, "kl": kl}
+    def loss(self, output: Reconstruction, labels: torch.Tensor, kl_weight: float,
+             anchor_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        """Paper Eq. 3: BCE on occupancy + kl_weight * KL (the weight is a training setting, train.kl_weight),
+        plus anchor_weight * the anchors' mean squared error for a local decoder (ours)."""
+        bce = F.binary_cross_entropy_with_logits(output.logits.float(), labels.float())
+        kl = output.kl.float().mean()
+        losses = {"loss": bce + kl_weight * kl, "bce": bce, "kl": kl}
+        if self.config.local_decoder:
+            losses["anchor"] = output.anchor_error.float().mean()
+            losses["loss"] = losses["loss"] + anchor_weight * losses["anchor"]
+        return losses

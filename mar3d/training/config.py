@@ -60,6 +60,7 @@ class VAETrainConfig(TrainConfig):
     # stage decodes means, which a decoder trained on samples alone can misread (unused channels are pure noise
     # in training and exactly zero in the mean).
     mean_decode_share: float = 0.0
+    anchor_weight: float = 1.0  # model.local_decoder only: weight of the anchors' squared error (docs/vae.md)
 
     def validate(self) -> None:
         super().validate()

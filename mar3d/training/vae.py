@@ -50,11 +50,12 @@ class VAEModule(AveragedModule):
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         tokens = self.tokens_for_step(self.global_step)
         train = self.run_config.train
-        logits, kl = self.vae(batch["pyramid"], batch["points"], tokens, seeds=batch["seed"],
-                              mean_share=train.mean_decode_share)
-        losses = self.vae.loss(logits, batch["labels"], kl, train.kl_weight)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(logits))
-        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=len(logits))
+        output = self.vae(batch["pyramid"], batch["points"], tokens, seeds=batch["seed"],
+                          mean_share=train.mean_decode_share)
+        losses = self.vae.loss(output, batch["labels"], train.kl_weight, train.anchor_weight)
+        batch_size = len(output.logits)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch_size)
+        self.log("loss", losses["loss"], prog_bar=True, logger=False, batch_size=batch_size)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_index: int) -> None:
