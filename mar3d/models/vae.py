@@ -126,7 +126,7 @@ class DecoderCache:
 
 
 @dataclass
-class Reconstruction:
+class ForwardOutput:
     """What a training forward pass gives: logits (B, Q), KL (B,) and, for a local decoder, the mean squared
     distance (B,) of the predicted anchors from the FPS points (zeros otherwise)."""
 
@@ -289,7 +289,7 @@ class PyramidVAE(nn.Module):
     # ----------------------------------------------------------------- training
     def forward(self, pyramid: list[torch.Tensor], points: torch.Tensor, tokens: int,
                 seeds: torch.Tensor | None = None, mean_share: float = 0.0,
-                generator: torch.Generator | None = None) -> Reconstruction:
+                generator: torch.Generator | None = None) -> ForwardOutput:
         """Paper §3.2, reconstruction: encode, sample the posterior, decode: logits (B, Q) at ``points``, the
         KL (B,) of the posterior and, for a local decoder, how far its anchors are from the FPS points (B,).
 
@@ -303,9 +303,9 @@ class PyramidVAE(nn.Module):
             anchor_error = torch.zeros(len(latents), device=latents.device)
         else:
             anchor_error = (cache.anchors.float() - posterior.positions.float()).square().sum(-1).mean(-1)
-        return Reconstruction(self.query(cache, points), posterior.kl(), anchor_error)
+        return ForwardOutput(self.query(cache, points), posterior.kl(), anchor_error)
 
-    def loss(self, output: Reconstruction, labels: torch.Tensor, kl_weight: float,
+    def loss(self, output: ForwardOutput, labels: torch.Tensor, kl_weight: float,
              anchor_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Paper Eq. 3: BCE on occupancy + kl_weight * KL (the weight is a training setting, train.kl_weight),
         plus anchor_weight * the anchors' mean squared error for a local decoder (ours)."""
