@@ -1,9 +1,11 @@
 """The results table and picture of docs/results.md from `scripts/evaluate_demo.sh`'s evaluation folder.
 
-Table: the mean CD, F@0.1/0.05/0.02 and NC of each variant (EVAL/<variant>/metrics/metrics.json), written to
-EVAL/results.md and printed. Picture: one row per held-out object: the input view, normal maps of the
-MAR-LR-only and LR + HR meshes, and of the ground truth, all from the input camera (the evaluation's aligned
-meshes, framed together per row).
+Table: the mean CD, F@0.1/0.05/0.02 and NC of each variant over the held-out objects; for a generated variant
+the mean ± standard deviation of that mean over its sampling seeds (EVAL/<variant>/seed<S>/metrics/metrics.json),
+for the VAE ceiling one value (EVAL/vae/metrics/metrics.json). Written to EVAL/results.md and printed.
+Picture: one row per held-out object: the input view, normal maps of the MAR-LR-only and LR + HR meshes of the
+first seed, and of the ground truth, all from the input camera (the evaluation's aligned meshes, framed
+together per row).
 """
 from __future__ import annotations
 
@@ -32,24 +34,35 @@ def sphere_baseline(eval_dir: Path) -> dict[str, float]:
 
     sphere = trimesh.creation.icosphere(4)
     rows = []
-    for gt_path in sorted((eval_dir / "lr_hr" / "metrics" / "aligned").glob("*.gt.glb")):
+    for gt_path in sorted((metric_dirs(eval_dir, "lr_hr")[0] / "aligned").glob("*.gt.glb")):
         rows.append(evaluate_pair(sphere, trimesh.load(gt_path, force="mesh"), "none").metrics)
     return {key: float(np.mean([r[key] for r in rows])) for key, _ in COLUMNS} | {"objects": len(rows)}
 
 
+def metric_dirs(eval_dir: Path, variant: str) -> list[Path]:
+    """The variant's evaluation folders: one per sampling seed (seed order), or its single one."""
+    seeds = sorted((eval_dir / variant).glob("seed*/metrics"), key=lambda p: int(p.parent.name[4:]))
+    return seeds or [eval_dir / variant / "metrics"]
+
+
 def table(eval_dir: Path) -> str:
     sphere = sphere_baseline(eval_dir)
-    lines = ["| model | objects | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines = ["| model | objects | samples | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|---:|---:|" + "---:|" * len(COLUMNS)]
     for name, title in VARIANTS:
-        path = eval_dir / name / "metrics" / "metrics.json"
-        if not path.exists():
+        summaries = [json.loads((d / "metrics.json").read_text())["summary"]
+                     for d in metric_dirs(eval_dir, name) if (d / "metrics.json").exists()]
+        if not summaries:
             continue
-        summary = json.loads(path.read_text())["summary"]
-        mean = summary["mean"]
-        lines.append(f"| {title} | {summary['evaluated']} of {summary['evaluated'] + summary['failed']} | "
-                     + " | ".join(f"{mean[key]:.3f}" for key, _ in COLUMNS) + " |")
-    lines.append(f"| a sphere (ignores the image) | {sphere['objects']} | "
+        cells = []
+        for key, _ in COLUMNS:
+            values = np.array([summary["mean"][key] for summary in summaries])
+            cells.append(f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else ""))
+        counts = {(s["evaluated"], s["evaluated"] + s["failed"]) for s in summaries}
+        objects = " / ".join(f"{done} of {total}" for done, total in sorted(counts))
+        seeds = f"{len(summaries)} seeds" if len(summaries) > 1 else "1"
+        lines.append(f"| {title} | {objects} | {seeds} | " + " | ".join(cells) + " |")
+    lines.append(f"| a sphere (ignores the image) | {sphere['objects']} | – | "
                  + " | ".join(f"{sphere[key]:.3f}" for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
@@ -61,7 +74,7 @@ def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
             view = on_white(np.asarray(im.convert("RGBA").resize((CELL, CELL), Image.LANCZOS)))
         meshes = []
         for variant, part in (("lr_only", "pred"), ("lr_hr", "pred"), ("lr_hr", "gt")):
-            path = eval_dir / variant / "metrics" / "aligned" / f"{image_path.stem}.{part}.glb"
+            path = metric_dirs(eval_dir, variant)[0] / "aligned" / f"{image_path.stem}.{part}.glb"
             meshes.append(trimesh.load(path, force="mesh") if path.exists() else None)
         rows.append((image_path.stem, [view] + normal_map_row(meshes, np.eye(3), CELL)))
     sheet = comparison_sheet(["input view", "MAR-LR only", "LR + HR", "ground truth"], rows, CELL)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; hours, not days):
-#   prepare (58 YCB scans + 1000 pybullet objects) -> train VAE -> cache latents -> train MAR-LR -> train MAR-HR
+# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; about 2 hours):
+#   prepare (58 YCB scans + 1700 procedural household objects) -> train VAE -> train MAR-LR and MAR-HR side by side
 #   -> export to mar3d/assets/demo_model.
 # Every stage resumes where it stopped when the script is run again. Wall time per stage goes to
 # $RUNS/timings.tsv. Configs: mar3d/configs/{vae,mar}/small.yaml; held-out objects: mar3d/configs/holdout/ycb.txt.
@@ -14,7 +14,7 @@ OUT=${OUT:-mar3d/assets/demo_model}
 WORKERS=${WORKERS:-2}
 mkdir -p "$RUNS"
 mapfile -t HOLDOUT < <(grep -v '^#' mar3d/configs/holdout/ycb.txt)
-DATA=(runs/prepared/ycb runs/prepared/pybullet)
+DATA=(runs/prepared/ycb runs/prepared/household)
 
 stage() {  # stage NAME COMMAND...: run, time, record
   local name=$1; shift
@@ -26,20 +26,25 @@ stage() {  # stage NAME COMMAND...: run, time, record
 resume_flag() { [ -e "$1/checkpoints/last.ckpt" ] && echo --resume || true; }
 
 stage prepare-ycb mar3d prepare "$SHARED/data/ycb" --out runs/prepared/ycb --up-axis z --workers "$WORKERS"
-stage fetch-pybullet python3 scripts/fetch_pybullet_objects.py runs/pybullet
-# The pybullet objects are simple: 8 upright views at 256² and fewer samples keep them at ~1.5 GB in all.
-stage prepare-pybullet mar3d prepare runs/pybullet --out runs/prepared/pybullet --up-axis z --plain-colour random \
+# Object-like training data: 100 of each of the 17 household families, written deterministically (seed 0).
+stage household mar3d household --out runs/household --count 1700 --seed 0
+# Simple shapes: 8 upright views at 256² and fewer samples keep them small (~2.5 GB in all).
+stage prepare-household mar3d prepare runs/household --out runs/prepared/household --up-axis z \
   --views 8 --resolution 256 --surface-samples 50000 --occupancy-samples 100000 --workers "$WORKERS"
 stage train-vae mar3d train vae --config small --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" --out "$RUNS/vae" \
-  $(resume_flag "$RUNS/vae")
-# The MARs train on the upright orbit (mar/small.yaml: data.views_per_object 8): cache only those views.
-stage cache-latents mar3d cache-latents "${DATA[@]}" --vae "$RUNS/vae" --out "$RUNS/latents" --views 8
-declare -A STEPS=([lr]=5000 [hr]=1500)  # an MAR-HR step costs ~4x an MAR-LR step
+  --no-progress $(resume_flag "$RUNS/vae")
+# MAR-LR and MAR-HR both learn from the VAE's latents of the ground truth, so they train at the same time, one
+# thread each (one core each on 2 cores), encoding latents on the fly. An MAR-HR step costs ~4x an MAR-LR step.
+declare -A STEPS=([lr]=3000 [hr]=800)
+pids=()
 for s in lr hr; do
-  stage "train-mar-$s" mar3d train "mar-$s" --config small --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" \
-    --vae "$RUNS/vae" --latents "$RUNS/latents" --out "$RUNS/mar_$s" --max-steps "${STEPS[$s]}" \
-    $(resume_flag "$RUNS/mar_$s")
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage "train-mar-$s" mar3d train "mar-$s" --config small --data "${DATA[@]}" \
+    --exclude "${HOLDOUT[@]}" --vae "$RUNS/vae" --out "$RUNS/mar_$s" --max-steps "${STEPS[$s]}" --no-progress \
+    $(resume_flag "$RUNS/mar_$s") > "$RUNS/mar_$s.log" 2>&1 &
+  pids+=($!)
+  echo "== train-mar-$s running in the background (log: $RUNS/mar_$s.log)"
 done
+for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 # Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
 # model"): about 12 s per image; `mar3d generate --quality high` gives back the release's settings.
