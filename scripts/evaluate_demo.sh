@@ -36,8 +36,12 @@ if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" \
     --exclude "${HOLDOUT[@]}" --vae "$RUNS/vae" --out "$RUNS/mar_hr_noaug" --max-steps 800 --no-progress $resume
 fi
+# The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
+# the MAR-HR weights alone.
+mapfile -t DEFAULTS < <(python3 -c 'import json, sys
+for key, value in json.load(open(sys.argv[1]))["defaults"].items(): print(f"--set={key}={value}")' "$MODEL/pipeline.json")
 mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
-  --dtype bfloat16 --overwrite
+  --dtype bfloat16 --overwrite "${DEFAULTS[@]}"
 
 # 2. Inputs: the bundled examples are these renders (the evaluation pairs <id>.glb with view 0 of <id>).
 mkdir -p examples

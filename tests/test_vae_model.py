@@ -1,6 +1,8 @@
 """Pyramid VAE blocks: shapes, invariants, variants, and the model folder round trip."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,10 +10,8 @@ from mar3d.config import ConfigError, load_config
 from mar3d.models.fps import farthest_point_sample
 from mar3d.models.io import load_vae, save_vae
 from mar3d.models.vae import PyramidVAE, VAEConfig
-from mar3d.pipeline.settings import DEMO_MODEL_DIR
 from mar3d.training.config import VAERunConfig
 
-DEMO_VAE = DEMO_MODEL_DIR / "vae"
 SMALL = dict(width=64, heads=4, latent_channels=16, encoder_layers=1, decoder_layers=2)
 
 
@@ -182,7 +182,7 @@ def test_config_errors_name_the_key(data, message):
 
 def test_training_settings_live_in_train_and_older_files_still_load(tmp_path):
     """``kl_weight`` / ``mean_decode_share`` were model settings: older run configs (and checkpoints) move them
-    to ``train``; older model folders, such as the bundled demo's VAE, carry them and load without them."""
+    to ``train``; older model folders carry them and load without them."""
     import json
 
     config = load_config({"model": {"kl_weight": 0.01, "mean_decode_share": 0.5}}, VAERunConfig, "vae")
@@ -198,11 +198,21 @@ def test_training_settings_live_in_train_and_older_files_still_load(tmp_path):
     assert load_vae(tmp_path / "model").config == vae.config
 
 
-def test_weights_of_the_older_per_level_layout_load_renamed():
-    """The per-level cross-attention was three parallel lists (level_norm_q.K, level_norm_x.K, level_attn.K), as
-    in the bundled demo model's weights: they load into LevelCrossAttention modules, same values, same outputs."""
-    from safetensors.torch import load_file
+def legacy_model_folder(vae: PyramidVAE, folder: Path) -> dict[str, torch.Tensor]:
+    """A model folder as exported before the renaming (the former demo model's): weights under the older names."""
+    from safetensors.torch import save_file
 
+    from mar3d.models.vae import legacy_name
+
+    save_vae(vae, folder)
+    old = {legacy_name(k): v.contiguous() for k, v in vae.state_dict().items()}
+    save_file(old, str(folder / "model.safetensors"))
+    return old
+
+
+def test_weights_of_the_older_per_level_layout_load_renamed(tmp_path):
+    """The per-level cross-attention was three parallel lists (level_norm_q.K, level_norm_x.K, level_attn.K), as
+    in the former demo model's weights: they load into LevelCrossAttention modules, same values, same outputs."""
     from mar3d.models.vae import current_name, legacy_name
 
     assert legacy_name("vae.level_attention.2.norm_context.weight") == "vae.level_norm_x.2.weight"
@@ -215,26 +225,26 @@ def test_weights_of_the_older_per_level_layout_load_renamed():
     pyramid = real_pyramid(vae.config)
     with torch.no_grad():
         assert torch.equal(again.encode(pyramid, 64).mean, vae.encode(pyramid, 64).mean)
-    demo = DEMO_VAE / "model.safetensors"
-    stored = load_file(str(demo))
-    assert "level_attn.0.to_q.weight" in stored  # the demo was exported with the older names
-    loaded = load_vae(DEMO_VAE).state_dict()
+    stored = legacy_model_folder(vae, tmp_path / "model")
+    assert "level_attn.0.to_q.weight" in stored
+    loaded = load_vae(tmp_path / "model").state_dict()
     assert loaded.keys() == {current_name(k) for k in stored}
-    assert all(torch.equal(loaded[current_name(k)], v.to(loaded[current_name(k)].dtype)) for k, v in stored.items())
+    assert all(torch.equal(loaded[current_name(k)], v) for k, v in stored.items())
 
 
-def test_the_latent_cache_fingerprint_of_a_vae_is_the_same_under_either_layout():
+def test_the_latent_cache_fingerprint_of_a_vae_is_the_same_under_either_layout(tmp_path):
     import hashlib
-
-    from safetensors.torch import load_file
 
     from mar3d.training.cache_latents import vae_fingerprint
 
+    vae = PyramidVAE(VAEConfig(**SMALL, token_counts=[16, 64])).eval()
+    stored = legacy_model_folder(vae, tmp_path / "model")
     digest = hashlib.sha256()  # as computed before the renaming: the older names, sorted
-    for name, tensor in sorted(load_file(str(DEMO_VAE / "model.safetensors")).items()):
+    for name, tensor in sorted(stored.items()):
         digest.update(name.encode())
         digest.update(tensor.float().numpy().tobytes())
-    assert vae_fingerprint(load_vae(DEMO_VAE)) == digest.hexdigest()[:16]
+    assert vae_fingerprint(load_vae(tmp_path / "model")) == digest.hexdigest()[:16]
+    assert vae_fingerprint(vae) == digest.hexdigest()[:16]
 
 
 def test_checkpoints_of_the_older_layout_resume_with_their_optimizer_state():

@@ -153,7 +153,7 @@ class LevelCrossAttention(nn.Module):
 
 
 # Before LevelCrossAttention, the per-level parts were three parallel lists: level_norm_q.K, level_norm_x.K and
-# level_attn.K (the bundled demo model and older runs and checkpoints). Loading renames them.
+# level_attn.K (the former demo model, older runs and checkpoints). Loading renames them.
 _LEGACY_PARTS = {"level_norm_q": "norm_q", "level_norm_x": "norm_context", "level_attn": "attn"}
 _CURRENT_PARTS = {part: legacy for legacy, part in _LEGACY_PARTS.items()}
 _LEGACY_NAME = re.compile(r"(^|\.)(level_norm_q|level_norm_x|level_attn)\.(\d+)\.")
