@@ -6,7 +6,9 @@
 #      seeds in SEEDS (default 0 1 2); evaluate each with the known cameras (exact alignment)
 #   4. the VAE ceiling: reconstruct the held-out objects from their own surface (512 tokens) and evaluate
 #   5. the picture (docs/images/results.png) and the table (RUNS/eval/results.md)
-# Needs runs/demo from scripts/train_demo.sh. Every stage skips what it already finished.
+# Needs the prepared data of scripts/train_demo.sh (runs/prepared). The ablation trains against the VAE and MAR-LR
+# runs in runs/demo when they are there, else against the model's own (bf16) VAE and MAR-LR. Every stage skips
+# what it already finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The environment scripts/setup.sh made, unless one is active already.
@@ -15,6 +17,9 @@ RUNS=${RUNS:-runs/demo}
 MODEL=${MODEL:-mar3d/assets/demo_model}
 PREPARED=runs/prepared/ycb
 EVAL=$RUNS/eval
+# The VAE and MAR-LR the ablation shares with the model: train_demo.sh's runs, else the bundled weights.
+VAE=$([ -e "$RUNS/vae/model" ] && echo "$RUNS/vae" || echo "$MODEL/vae")
+MAR_LR=$([ -e "$RUNS/mar_lr/model" ] && echo "$RUNS/mar_lr" || echo "$MODEL/mar_lr")
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
 # Extra `mar3d generate` options for every variant (default: none, the model's fast defaults).
 read -ra GENERATE_OPTIONS <<< "${GENERATE_OPTIONS:-}"
@@ -34,13 +39,13 @@ PY
 if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
   resume=$([ -e "$RUNS/mar_hr_noaug/checkpoints/last.ckpt" ] && echo --resume || true)
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" \
-    --exclude "${HOLDOUT[@]}" --vae "$RUNS/vae" --out "$RUNS/mar_hr_noaug" --max-steps 800 --no-progress $resume
+    --exclude "${HOLDOUT[@]}" --vae "$VAE" --out "$RUNS/mar_hr_noaug" --max-steps 800 --no-progress $resume
 fi
 # The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
 # the MAR-HR weights alone.
 mapfile -t DEFAULTS < <(python3 -c 'import json, sys
 for key, value in json.load(open(sys.argv[1]))["defaults"].items(): print(f"--set={key}={value}")' "$MODEL/pipeline.json")
-mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
+mar3d export --vae "$VAE" --mar-lr "$MAR_LR" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
   --dtype bfloat16 --overwrite "${DEFAULTS[@]}"
 
 # 2. Inputs: the bundled examples are these renders (the evaluation pairs <id>.glb with view 0 of <id>).

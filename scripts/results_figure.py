@@ -1,8 +1,10 @@
 """The results table and picture of docs/results.md from `scripts/evaluate_demo.sh`'s evaluation folder.
 
-Table: the mean CD, F@0.1/0.05/0.02 and NC of each variant over the held-out objects; for a generated variant
+Tables: the mean CD, F@0.1/0.05/0.02 and NC of each variant over the held-out objects; for a generated variant
 the mean ± standard deviation of that mean over its sampling seeds (EVAL/<variant>/seed<S>/metrics/metrics.json),
-for the VAE ceiling one value (EVAL/vae/metrics/metrics.json). Written to EVAL/results.md and printed.
+for the VAE ceiling one value (EVAL/vae/metrics/metrics.json); then F@0.1 per object, each variant's
+seed mean beside a sphere's (* marks an object where the variant does no better than the sphere). Written to
+EVAL/results.md and printed.
 Picture: one row per held-out object: the input view, normal maps of the MAR-LR-only and LR + HR meshes of the
 first seed, and of the ground truth, all from the input camera (the evaluation's aligned meshes, framed
 together per row).
@@ -27,16 +29,43 @@ COLUMNS = [("cd", "CD ↓"), ("f_score@0.1", "F@0.1 ↑"), ("f_score@0.05", "F@0
 CELL = 192
 
 
-def sphere_baseline(eval_dir: Path) -> dict[str, float]:
-    """Mean metrics of a sphere (a guess that ignores the image) against each held-out ground truth, scored
-    like the predictions (aligned meshes of the lr_hr evaluation: the ground truth already in view frame)."""
+def sphere_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """Object id -> metrics of a sphere (a guess that ignores the image) against its held-out ground truth,
+    scored like the predictions (aligned meshes of the lr_hr evaluation: the ground truth already in view frame)."""
     from mar3d.evaluation.protocol import evaluate_pair
 
     sphere = trimesh.creation.icosphere(4)
-    rows = []
-    for gt_path in sorted((metric_dirs(eval_dir, "lr_hr")[0] / "aligned").glob("*.gt.glb")):
-        rows.append(evaluate_pair(sphere, trimesh.load(gt_path, force="mesh"), "none").metrics)
-    return {key: float(np.mean([r[key] for r in rows])) for key, _ in COLUMNS} | {"objects": len(rows)}
+    return {gt_path.name.removesuffix(".gt.glb"): evaluate_pair(sphere, trimesh.load(gt_path, force="mesh"),
+                                                                "none").metrics
+            for gt_path in sorted((metric_dirs(eval_dir, "lr_hr")[0] / "aligned").glob("*.gt.glb"))}
+
+
+def per_object(eval_dir: Path, variant: str, key: str) -> dict[str, float]:
+    """Object id -> the variant's metric, averaged over its sampling seeds (objects that failed are left out)."""
+    values: dict[str, list[float]] = {}
+    for folder in metric_dirs(eval_dir, variant):
+        if (folder / "metrics.json").exists():
+            for record in json.loads((folder / "metrics.json").read_text())["objects"]:
+                if record["status"] == "ok":
+                    values.setdefault(record["gt_id"], []).append(record["metrics"][key])
+    return {object_id: float(np.mean(v)) for object_id, v in values.items()}
+
+
+def per_object_table(eval_dir: Path, sphere: dict[str, dict[str, float]], key: str = "f_score@0.1") -> str:
+    """One row per held-out object: the metric of each variant (seed mean) and of the sphere; a variant at or
+    below the sphere is marked with *."""
+    columns = [(name, title.split(" ")[0] if title.startswith("(") else "VAE", per_object(eval_dir, name, key))
+               for name, title in VARIANTS]
+    columns = [c for c in columns if c[2]]
+    lines = [f"| object ({key}) | " + " | ".join(short for _, short, _ in columns) + " | sphere |",
+             "|---|" + "---:|" * (len(columns) + 1)]
+    for object_id, scores in sphere.items():
+        cells = []
+        for _, _, values in columns:
+            value = values.get(object_id)
+            cells.append("–" if value is None else f"{value:.2f}" + ("*" if value <= scores[key] else ""))
+        lines.append(f"| {object_id} | " + " | ".join(cells) + f" | {scores[key]:.2f} |")
+    return "\n".join(lines)
 
 
 def metric_dirs(eval_dir: Path, variant: str) -> list[Path]:
@@ -45,8 +74,9 @@ def metric_dirs(eval_dir: Path, variant: str) -> list[Path]:
     return seeds or [eval_dir / variant / "metrics"]
 
 
-def table(eval_dir: Path) -> str:
-    sphere = sphere_baseline(eval_dir)
+def table(eval_dir: Path, sphere_rows: dict[str, dict[str, float]]) -> str:
+    sphere = {key: float(np.mean([r[key] for r in sphere_rows.values()])) for key, _ in COLUMNS}
+    sphere["objects"] = len(sphere_rows)
     lines = ["| model | objects | samples | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|---:|---:|" + "---:|" * len(COLUMNS)]
     for name, title in VARIANTS:
@@ -88,7 +118,8 @@ def main() -> None:
     parser.add_argument("--inputs", required=True, type=Path, help="the input images (<id>.png)")
     parser.add_argument("--out", required=True, type=Path, help="the picture (PNG)")
     args = parser.parse_args()
-    text = table(args.eval)
+    sphere = sphere_scores(args.eval)
+    text = table(args.eval, sphere) + "\n\n" + per_object_table(args.eval, sphere)
     (args.eval / "results.md").write_text(text + "\n")
     print(text)
     picture(args.eval, args.inputs, args.out)

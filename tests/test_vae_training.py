@@ -72,24 +72,42 @@ def test_reconstructed_meshes_match_the_scans(tiny_run, prepared, tmp_path):
 
 
 def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, prepared):
+    """Hierarchical decoding gives the dense result on every region of the field it can see.
+
+    By design (mar3d/mesh/grid.py) a region (an inside blob, or an outside bubble) that holds no corner of the
+    coarse grid can slip between its corners; a tiny under-trained VAE makes a few such floaters, and how many
+    depends on the machine's float rounding during training. So: every region holding a coarse corner is decoded
+    exactly, differences lie only in the others, and the object (the largest mesh component) is the same mesh.
+    """
+    from scipy import ndimage
+
+    from mar3d.mesh.grid import coarse_resolution_for, decode_grid
+
     vae = load_vae(tiny_run / "model")
     shapes = [samples_from_prepared(prepared, i) for i in WATERTIGHT_YCB[:2]]
     latents = encode_shapes(vae, shapes, tokens=128)
-    from mar3d.mesh.grid import decode_grid
-    from mar3d.mesh.latents import query_latents
 
     def logits_fn(points):
         return query_latents(vae, latents, points)
 
     dense = decode_grid(logits_fn, 2, 128, "dense")
     fast = decode_grid(logits_fn, 2, 128, "hierarchical")
-    for d, h in zip(dense.values, fast.values):
-        assert ((d > 0) == (h > 0)).float().mean() >= 0.999
     assert sum(fast.queries) * 4 < sum(dense.queries)
+    stride = 128 // coarse_resolution_for(128)
+    for d, h in zip(dense.values, fast.values):
+        differ = ((d > 0) != (h > 0)).numpy()
+        assert differ.mean() <= 0.001
+        for side in (d > 0, d <= 0):  # the dense field's inside regions, then its outside ones
+            regions, _ = ndimage.label(side.numpy(), structure=np.ones((3, 3, 3)))
+            with_coarse_corner = set(np.unique(regions[::stride, ::stride, ::stride])) - {0}
+            with_differences = set(np.unique(regions[differ & side.numpy()])) - {0}
+            assert not with_coarse_corner & with_differences
     meshes_dense = latents_to_meshes(vae, latents, 128, "dense", postprocess=None)
     meshes_fast = latents_to_meshes(vae, latents, 128, "hierarchical", postprocess=None)
     for a, b in zip(meshes_dense, meshes_fast):
-        assert chamfer_distance(a.mesh, b.mesh) < 0.002
+        largest_dense = max(a.mesh.split(only_watertight=False), key=lambda part: part.area)
+        largest_fast = max(b.mesh.split(only_watertight=False), key=lambda part: part.area)
+        assert chamfer_distance(largest_dense, largest_fast) < 1e-6
 
 
 def test_resume_continues_the_run(tiny_run, prepared, tmp_path):
