@@ -39,12 +39,12 @@ def machine() -> dict:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """"NAME:key=value,key=value" -> (NAME, settings); values are ints, floats or 0 for faces."""
+    """"NAME:key=value,key=value" -> (NAME, settings); values are JSON: ints, floats, true / false (use_hr)."""
     name, _, body = text.partition(":")
     settings = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        settings[key] = float(value) if "." in value else int(value)
+        settings[key] = json.loads(value)
     return name, settings
 
 

@@ -327,6 +327,8 @@ def stage_generate(ctx: Context) -> dict:
                            "--dtype", args.gen_dtype, "--resolution", str(args.gen_resolution)]
                 if variant == "lr_only":
                     command.append("--no-hr")
+                else:
+                    command.append("--hr")
                 run_command(command, env)
                 seconds = time.perf_counter() - start
                 run_command([mar3d, "evaluate", "--pred", str(run_dir / "meshes"), "--gt", str(ctx.prepared),

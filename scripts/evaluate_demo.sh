@@ -64,8 +64,8 @@ run_variant() {  # NAME MODEL [generate options]: one folder per sampling seed, 
   done
 }
 run_variant lr_only "$MODEL" --no-hr
-run_variant lr_hr "$MODEL"
-run_variant lr_hr_noaug "$RUNS/model_noaug"
+run_variant lr_hr "$MODEL" --hr
+run_variant lr_hr_noaug "$RUNS/model_noaug" --hr
 
 # 4. The VAE ceiling: the held-out objects through the VAE alone (512 tokens), written in their source files' frame.
 mar3d reconstruct "${HOLDOUT[@]/#/$PREPARED/}" --vae "$MODEL/vae" --out "$EVAL/vae/meshes" --tokens 512

@@ -47,8 +47,9 @@ done
 for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 # Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
-# model"): about 12 s per image; `mar3d generate --quality high` gives back the release's settings.
+# model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings. MAR-LR
+# alone by default: at this scale MAR-HR lowers F@0.1 and NC (docs/results.md); `--hr` runs it.
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
-  --set faces=50000
+  --set faces=50000 --set use_hr=false
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"

@@ -192,6 +192,26 @@ def test_no_hr_faces_folders_and_globs(tiny_pipeline, inputs, tmp_path, capsys):
     assert status == 1 and "none*.png: no files match" in text
 
 
+def test_a_models_use_hr_default_and_the_hr_flags(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, inputs, tmp_path,
+                                                 capsys):
+    """A model whose pipeline.json says use_hr false (as the bundled demo's does) decodes the MAR-LR tokens
+    unless --hr asks for the whole cascade; --no-hr and --quality high (the release's cascade) override it too."""
+    runs = ("--vae", tiny_vae_run, "--mar-lr", tiny_mar_lr_run, "--mar-hr", tiny_mar_hr_run)
+    model = tmp_path / "lr_default"
+    status, text = cli(capsys, "export", *runs, "--out", model, "--set", "use_hr=false")
+    assert status == 0, text
+    assert json.loads((model / PIPELINE_FILE).read_text())["defaults"]["use_hr"] is False
+    image = inputs["good"][0]
+    for flags, runs_hr in (((), False), (("--hr",), True), (("--no-hr",), False), (("--quality", "high"), True)):
+        status, text = cli(capsys, "generate", image, "--model", model, "--out", tmp_path / "-".join(flags or ["d"]),
+                           "--resolution", 48, "--verbose", "--no-progress", *flags)
+        assert status == 0 and "generated 1" in text, text
+        assert ("MAR-HR" in text) == runs_hr, (flags, text)  # the --verbose timing line names the stages run
+    status, text = cli(capsys, "export", *runs, "--out", tmp_path / "bad", "--set", "use_hr=maybe")
+    assert status == 2 and "use_hr: expected bool, got 'maybe'" in text
+    assert not (tmp_path / "bad").exists()
+
+
 def test_generate_needs_a_model_and_valid_settings(tiny_pipeline, inputs, tmp_path, capsys, monkeypatch):
     image = inputs["good"][0]
     # An installation without the bundled model (e.g. a slimmed package) says what to do.

@@ -147,6 +147,8 @@ def test_settings_are_checked_against_the_models(pipeline, banana):
         pipeline(banana, resolution=4)
     with pytest.raises(ConfigError, match="sampler must be one of"):
         pipeline(banana, sampler="euler")
+    with pytest.raises(ConfigError, match="use_hr must be true or false, got 'yes'"):
+        pipeline(banana, use_hr="yes")
     with pytest.raises(ValueError, match="2 seeds for 1 images"):
         pipeline(banana, seed=[1, 2])
 

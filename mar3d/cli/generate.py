@@ -1,6 +1,7 @@
 """`mar3d generate`: images -> meshes with a pipeline model folder."""
 from __future__ import annotations
 
+import argparse
 import functools
 import glob
 from pathlib import Path
@@ -14,7 +15,7 @@ PREVIEW_SUFFIX = ".preview.png"
 TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR-LR"), ("hr", "MAR-HR"),
                ("decode", "decode"), ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
 STAGE_LABELS = {"preprocess": "MAR-LR", "lr": "MAR-HR", "hr": "mesh"}  # the stage that follows each one
-SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces")
+SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces", "use_hr")
 
 
 def _model_default(name: str) -> str:
@@ -63,7 +64,9 @@ def add_parser(sub, name: str) -> None:
                    help=f"marching-cubes grid resolution, 8 to 512 ({_model_default('resolution')})")
     p.add_argument("--faces", type=int, metavar="N",
                    help=f"decimate each mesh to at most N faces; 0 keeps every face ({_model_default('faces')})")
-    p.add_argument("--no-hr", action="store_true", help="skip MAR-HR: decode the MAR-LR tokens (faster, coarser)")
+    p.add_argument("--hr", action=argparse.BooleanOptionalAction, dest="use_hr",
+                   help="run MAR-HR on the MAR-LR tokens (--hr: the whole cascade) or decode the MAR-LR tokens "
+                        f"(--no-hr: faster, coarser) ({_model_default('use_hr')})")
     p.add_argument("--preview", action="store_true", help="also write a PNG of normal-map renders from 4 views")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise they are kept)")
     p.add_argument("--verbose", action="store_true", help="print each image's timing breakdown")
@@ -169,7 +172,7 @@ def run(args) -> int:
             if stage in STAGE_LABELS:
                 bar.set_postfix_str(f"{name}: {STAGE_LABELS[stage]}")
 
-        [result] = pipeline(condition, seed=args.seed, use_hr=not args.no_hr, callback=advance, **options)
+        [result] = pipeline(condition, seed=args.seed, callback=advance, **options)
         if not result.ok:
             say(f"failed: {condition.name}: {result.problem}")
             failed += 1

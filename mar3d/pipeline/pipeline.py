@@ -11,7 +11,8 @@ A pipeline model folder holds the three trained models and the default sampling 
 
 Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR (N_lr tokens) -> MAR-HR
 (N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
-(VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` the LR tokens are decoded.
+(VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
+the LR tokens are decoded.
 
 Images go through the stages one at a time, and each image's result is ready (``generate`` yields it) as
 soon as its mesh is: a caller writes files as they come.
@@ -276,7 +277,7 @@ class MAR3DPipeline:
         cfg: float | None = None,
         temperature: float | None = None,
         resolution: int | None = None,
-        use_hr: bool = True,
+        use_hr: bool | None = None,
         faces: int | None = None,
         return_latents: bool = False,
         progress: bool = False,
@@ -291,7 +292,7 @@ class MAR3DPipeline:
                 ``ImageInputError`` when its turn comes; preprocess first (``self.preprocess``) to handle
                 inputs one by one.
             seed: one seed for every image, or one per image.
-            use_hr: False stops after MAR-LR and decodes its tokens (faster, coarser).
+            use_hr: False stops after MAR-LR and decodes its tokens (faster, coarser); True runs MAR-HR too.
             faces: decimate each mesh to at most this many faces (0: keep all).
             progress: show a progress bar over images, with the stage under way (and the MARs' steps).
             callback: called as ``callback(stage, image_index)`` after each stage of each image.
@@ -305,8 +306,8 @@ class MAR3DPipeline:
         if len(seeds) != len(items):
             raise ValueError(f"{len(seeds)} seeds for {len(items)} images")
         chosen = self.settings(lr_steps=lr_steps, hr_steps=hr_steps, cfg=cfg, temperature=temperature,
-                               resolution=resolution, faces=faces, **settings)
-        stages = stage_names(use_hr)
+                               resolution=resolution, faces=faces, use_hr=use_hr, **settings)
+        stages = stage_names(chosen.use_hr)
         bar = tqdm(total=len(items), desc="generate", unit="image", disable=not progress)
 
         def done(stage: str, i: int) -> None:
@@ -326,7 +327,7 @@ class MAR3DPipeline:
                 lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress)
                 done("lr", i)
                 latents = lr
-                if use_hr:
+                if chosen.use_hr:
                     latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
                     done("hr", i)
                 mesh, status, queries, watertight = self.extract(latents, chosen, timings)

@@ -21,12 +21,12 @@ DTYPE_CHOICES = PRECISION_CHOICES  # per stage: mar3d.pipeline.pipeline.stage_dt
 MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
 
 # Named presets a command line offers over the model's defaults (which are chosen for speed: the bundled
-# demo model's make a mesh in about 12 s on 2 CPU cores, docs/benchmarks.md). "high" is the release's
-# sampling (64 auto-regressive steps, 100 diffusion steps; steps capped at a MAR's token count) on a 256^3
-# grid with every face kept: about 5x the time.
+# demo model's make a mesh in a few seconds on 2 CPU cores, docs/benchmarks.md). "high" is the release's
+# sampling (the whole cascade, 64 auto-regressive steps, 100 diffusion steps; steps capped at a MAR's token
+# count) on a 256^3 grid with every face kept: about 5x the time.
 QUALITY_PRESETS: dict[str, dict] = {
     "fast": {},
-    "high": {"lr_steps": 64, "hr_steps": 64, "diffusion_steps": 100, "resolution": 256, "faces": 0},
+    "high": {"lr_steps": 64, "hr_steps": 64, "diffusion_steps": 100, "resolution": 256, "faces": 0, "use_hr": True},
 }
 
 
@@ -44,6 +44,9 @@ class SamplingDefaults:
     resolution: int = 256  # marching-cubes grid cells per axis
     faces: int | None = 50_000  # decimate to at most this many faces; 0 (or None) keeps all
     image_size: int = 224  # the conditioning image as the MARs were trained on it (data.image_size)
+    # Run MAR-HR on MAR-LR's tokens. False decodes the LR tokens: for a model whose MAR-HR does not help
+    # (the bundled demo's scores lower with it, docs/results.md).
+    use_hr: bool = True
 
     def validate(self) -> None:
         for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size"):
@@ -51,6 +54,8 @@ class SamplingDefaults:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.diffusion_steps > 1000:
             raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
+        if not isinstance(self.use_hr, bool):
+            raise ConfigError(f"use_hr must be true or false, got {self.use_hr!r}")
         if self.cfg <= 0 or self.temperature <= 0:
             raise ConfigError(f"cfg and temperature must be > 0, got {self.cfg} and {self.temperature}")
         if not 8 <= self.resolution <= MAX_RESOLUTION:

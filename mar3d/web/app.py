@@ -75,7 +75,7 @@ def build_app(generator: WebGenerator, keep_seconds: float = 1800.0) -> gr.Block
                     resolution = gr.Slider(16, MAX_RESOLUTION, value=defaults.resolution, step=8,
                                            label="Marching-cubes resolution")
                     skip_hr = gr.Checkbox(label="Skip MAR-HR (decode the MAR-LR tokens: faster, coarser)",
-                                          value=False)
+                                          value=not defaults.use_hr)
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 mesh_view = gr.Model3D(label="Mesh", clear_color=(1.0, 1.0, 1.0, 1.0), height=420,

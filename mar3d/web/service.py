@@ -107,23 +107,24 @@ class WebGenerator:
             raise RequestError(message) from None
 
     def generate(self, upload: str | Path | None, seed: int, lr_steps: int, hr_steps: int, cfg: float,
-                 resolution: int, use_hr: bool = True, progress: Progress | None = None) -> Generated:
+                 resolution: int, use_hr: bool | None = None, progress: Progress | None = None) -> Generated:
         """Upload -> mesh files, preview and preprocessed input in a new request folder."""
         if seed is None or not 0 <= int(seed) < 2**63:
             raise RequestError(f"the seed must be a whole number from 0 to 2^63 - 1, got {seed}")
-        options = dict(lr_steps=int(lr_steps), hr_steps=int(hr_steps), cfg=float(cfg), resolution=int(resolution))
+        options = dict(lr_steps=int(lr_steps), hr_steps=int(hr_steps), cfg=float(cfg), resolution=int(resolution),
+                       use_hr=use_hr)
         try:
-            self.pipeline.settings(**options)
+            chosen = self.pipeline.settings(**options)
         except ConfigError as error:
             raise RequestError(str(error)) from None
         condition = self.condition(upload)
-        stages = stage_names(use_hr)
+        stages = stage_names(chosen.use_hr)
         report = progress or (lambda fraction, text: None)
 
         def advance(stage: str, _index: int) -> None:
             report((stages.index(stage) + 1) / (len(stages) + 1), STAGE_LABELS[stage])
 
-        [result] = self.pipeline(condition, seed=int(seed), use_hr=use_hr, callback=advance, **options)
+        [result] = self.pipeline(condition, seed=int(seed), callback=advance, **options)
         if not result.ok:
             raise RequestError(f"{condition.name}: {result.problem}; try another seed or other settings")
         folder = self.folders.new()
