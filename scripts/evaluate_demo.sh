@@ -44,7 +44,7 @@ fi
 # The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
 # the MAR-HR weights alone.
 mapfile -t DEFAULTS < <(python3 -c 'import json, sys
-for key, value in json.load(open(sys.argv[1]))["defaults"].items(): print(f"--set={key}={value}")' "$MODEL/pipeline.json")
+for key, value in json.load(open(sys.argv[1]))["defaults"].items(): print(f"--set={key}={json.dumps(value)}")' "$MODEL/pipeline.json")
 mar3d export --vae "$VAE" --mar-lr "$MAR_LR" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
   --dtype bfloat16 --overwrite "${DEFAULTS[@]}"
 
