@@ -22,8 +22,9 @@ from mar3d.data.render_normals import normal_map_row, on_white  # OSMesa before 
 from mar3d.evaluation.sheet import comparison_sheet
 import trimesh  # noqa: E402
 
-VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)"), ("lr_only", "(a) MAR-LR only"),
-            ("lr_hr", "(b) MAR-LR + MAR-HR"), ("lr_hr_noaug", "(c) LR + HR, no condition augmentation")]
+# (folder, row title, per-object column)
+VARIANTS = [("vae", "VAE ceiling (512 tokens, own surface)", "VAE"), ("lr_only", "(a) MAR-LR only", "(a)"),
+            ("lr_hr", "(b) MAR-LR + MAR-HR", "(b)"), ("lr_hr_noaug", "(c) LR + HR, no condition augmentation", "(c)")]
 COLUMNS = [("cd", "CD ↓"), ("f_score@0.1", "F@0.1 ↑"), ("f_score@0.05", "F@0.05 ↑"), ("f_score@0.02", "F@0.02 ↑"),
            ("nc", "NC ↑")]
 CELL = 192
@@ -54,14 +55,13 @@ def per_object(eval_dir: Path, variant: str, key: str) -> dict[str, float]:
 def per_object_table(eval_dir: Path, sphere: dict[str, dict[str, float]], key: str = "f_score@0.1") -> str:
     """One row per held-out object: the metric of each variant (seed mean) and of the sphere; a variant at or
     below the sphere is marked with *."""
-    columns = [(name, title.split(" ")[0] if title.startswith("(") else "VAE", per_object(eval_dir, name, key))
-               for name, title in VARIANTS]
-    columns = [c for c in columns if c[2]]
-    lines = [f"| object ({key}) | " + " | ".join(short for _, short, _ in columns) + " | sphere |",
+    columns = [(short, per_object(eval_dir, name, key)) for name, _, short in VARIANTS]
+    columns = [(short, values) for short, values in columns if values]
+    lines = [f"| object ({key}) | " + " | ".join(short for short, _ in columns) + " | sphere |",
              "|---|" + "---:|" * (len(columns) + 1)]
     for object_id, scores in sphere.items():
         cells = []
-        for _, _, values in columns:
+        for _, values in columns:
             value = values.get(object_id)
             cells.append("–" if value is None else f"{value:.2f}" + ("*" if value <= scores[key] else ""))
         lines.append(f"| {object_id} | " + " | ".join(cells) + f" | {scores[key]:.2f} |")
@@ -79,7 +79,7 @@ def table(eval_dir: Path, sphere_rows: dict[str, dict[str, float]]) -> str:
     sphere["objects"] = len(sphere_rows)
     lines = ["| model | objects | samples | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|---:|---:|" + "---:|" * len(COLUMNS)]
-    for name, title in VARIANTS:
+    for name, title, _ in VARIANTS:
         summaries = [json.loads((d / "metrics.json").read_text())["summary"]
                      for d in metric_dirs(eval_dir, name) if (d / "metrics.json").exists()]
         if not summaries:

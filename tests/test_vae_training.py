@@ -14,7 +14,7 @@ from mar3d.data.datasets import draw_supervision
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.evaluation.surface import chamfer_distance
 from mar3d.models.io import load_vae
-from mar3d.mesh.latents import latents_to_meshes, query_latents
+from mar3d.mesh.latents import query_latents
 from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 from mar3d.training.logs import read_scalars
 from test_samples import normalized_geometry
@@ -82,6 +82,7 @@ def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, pr
     from scipy import ndimage
 
     from mar3d.mesh.grid import coarse_resolution_for, decode_grid
+    from mar3d.mesh.marching import grid_to_mesh
 
     vae = load_vae(tiny_run / "model")
     shapes = [samples_from_prepared(prepared, i) for i in WATERTIGHT_YCB[:2]]
@@ -102,11 +103,10 @@ def test_hierarchical_and_dense_extraction_agree_on_trained_latents(tiny_run, pr
             with_coarse_corner = set(np.unique(regions[::stride, ::stride, ::stride])) - {0}
             with_differences = set(np.unique(regions[differ & side.numpy()])) - {0}
             assert not with_coarse_corner & with_differences
-    meshes_dense = latents_to_meshes(vae, latents, 128, "dense", postprocess=None)
-    meshes_fast = latents_to_meshes(vae, latents, 128, "hierarchical", postprocess=None)
-    for a, b in zip(meshes_dense, meshes_fast):
-        largest_dense = max(a.mesh.split(only_watertight=False), key=lambda part: part.area)
-        largest_fast = max(b.mesh.split(only_watertight=False), key=lambda part: part.area)
+    for d, h in zip(dense.values, fast.values):  # the meshes of these same grids, as extraction makes them
+        (mesh_dense, _), (mesh_fast, _) = grid_to_mesh(d, dense.box), grid_to_mesh(h, fast.box)
+        largest_dense = max(mesh_dense.split(only_watertight=False), key=lambda part: part.area)
+        largest_fast = max(mesh_fast.split(only_watertight=False), key=lambda part: part.area)
         assert chamfer_distance(largest_dense, largest_fast) < 1e-6
 
 

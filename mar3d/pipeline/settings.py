@@ -23,7 +23,7 @@ MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7
 # Named presets a command line offers over the model's defaults (which are chosen for speed: the bundled
 # demo model's make a mesh in a few seconds on 2 CPU cores, docs/benchmarks.md). "high" is the release's
 # sampling (the whole cascade, 64 auto-regressive steps, 100 diffusion steps; steps capped at a MAR's token
-# count) on a 256^3 grid with every face kept: about 5x the time.
+# count) on a 256^3 grid with every face kept: about 5x the time of the fast cascade (`--hr`).
 QUALITY_PRESETS: dict[str, dict] = {
     "fast": {},
     "high": {"lr_steps": 64, "hr_steps": 64, "diffusion_steps": 100, "resolution": 256, "faces": 0, "use_hr": True},
