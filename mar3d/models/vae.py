@@ -24,6 +24,7 @@ from torch import nn
 from mar3d.config import ConfigError
 from mar3d.models.fps import farthest_point_sample
 from mar3d.models.layers import Attention, CrossAttentionBlock, FourierEmbedder, MLP, SelfAttentionBlock
+from mar3d.models.token_order import TOKEN_ORDERS, TokenOrder, band_order
 
 LOGVAR_RANGE = (-30.0, 20.0)  # release
 INITIAL_LOGVAR = -6.0
@@ -49,6 +50,10 @@ class VAEConfig:
     # anchored near it (a Gaussian bias per head, widths learned). The latents stay C channels per token, so
     # the MARs do not change. Needs FPS queries.
     local_decoder: bool = False
+    # The order the FPS tokens come out in (mar3d/models/token_order.py): "bands" gives every token index a
+    # place (height band, azimuth) the MARs can learn; the VAE itself is indifferent to it. "fps" (farthest-point
+    # order) is what models saved before this setting existed were trained with, hence the default.
+    token_order: TokenOrder = "fps"
 
     @classmethod
     def migrate(cls, data: dict, where: str) -> dict:
@@ -68,6 +73,10 @@ class VAEConfig:
             raise ConfigError("model.points_per_token must be >= 1")
         if self.local_decoder and self.queries != "fps":
             raise ConfigError("model.local_decoder needs queries: fps (its anchors are the FPS points)")
+        if self.token_order not in TOKEN_ORDERS:
+            raise ConfigError(f"model.token_order must be one of {list(TOKEN_ORDERS)}, got {self.token_order!r}")
+        if self.token_order != "fps" and self.queries != "fps":
+            raise ConfigError("model.token_order orders FPS tokens by their points: it needs queries: fps")
 
     @property
     def num_levels(self) -> int:
@@ -245,6 +254,9 @@ class PyramidVAE(nn.Module):
                 raise ValueError(f"learned queries exist for {self.config.token_counts} tokens, not {tokens}")
             return self.learned_queries[str(tokens)].expand(densest.shape[0], -1, -1), None
         index = farthest_point_sample(densest[..., :3], tokens)
+        if self.config.token_order == "bands":
+            points = torch.gather(densest[..., :3], 1, index[..., None].expand(-1, -1, 3))
+            index = torch.gather(index, 1, band_order(points).to(index.device))
         picked = torch.gather(densest, 1, index[..., None].expand(-1, -1, densest.shape[-1]))
         return self.embed_points(picked), picked[..., :3]
 

@@ -20,7 +20,7 @@ from mar3d.utils.precision import autocast_dtype, autocast_for
 
 
 def vae_fingerprint(vae: PyramidVAE) -> str:
-    """A short hash of the VAE's weights: a cache made with other weights must not be mixed in.
+    """A short hash of the VAE's weights and token order: a cache made with others must not be mixed in.
 
     Hashed under the names of the older parameter layout (``legacy_name``), so caches made before the
     per-level cross-attention became one module per level still match their VAE.
@@ -29,6 +29,8 @@ def vae_fingerprint(vae: PyramidVAE) -> str:
     for name, tensor in sorted(((legacy_name(n), t) for n, t in vae.state_dict().items()), key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if vae.config.token_order != "fps":  # the same weights in another token order make other latents
+        digest.update(f"token_order={vae.config.token_order}".encode())
     return digest.hexdigest()[:16]
 
 
