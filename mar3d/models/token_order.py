@@ -15,12 +15,12 @@ Equal-count bands (rather than fixed heights) keep every index inside one band w
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 TokenOrder = Literal["fps", "bands"]
-TOKEN_ORDERS: tuple[str, ...] = ("fps", "bands")
+TOKEN_ORDERS: tuple[str, ...] = get_args(TokenOrder)
 
 
 def band_count(num_tokens: int) -> int:
@@ -30,7 +30,7 @@ def band_count(num_tokens: int) -> int:
 
 def band_order(positions: torch.Tensor, bands: int | None = None) -> torch.Tensor:
     """Indices (B, N) that put points (B, N, 3) in band order (module docstring); a permutation per row."""
-    b, n, _ = positions.shape
+    n = positions.shape[1]
     bands = band_count(n) if bands is None else bands
     xyz = positions.detach().float()
     height_rank = xyz[..., 1].argsort(dim=-1).argsort(dim=-1)  # (B, N): 0 = lowest

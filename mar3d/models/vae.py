@@ -254,10 +254,10 @@ class PyramidVAE(nn.Module):
                 raise ValueError(f"learned queries exist for {self.config.token_counts} tokens, not {tokens}")
             return self.learned_queries[str(tokens)].expand(densest.shape[0], -1, -1), None
         index = farthest_point_sample(densest[..., :3], tokens)
-        if self.config.token_order == "bands":
-            points = torch.gather(densest[..., :3], 1, index[..., None].expand(-1, -1, 3))
-            index = torch.gather(index, 1, band_order(points).to(index.device))
         picked = torch.gather(densest, 1, index[..., None].expand(-1, -1, densest.shape[-1]))
+        if self.config.token_order == "bands":
+            order = band_order(picked[..., :3]).to(picked.device)
+            picked = torch.gather(picked, 1, order[..., None].expand(-1, -1, picked.shape[-1]))
         return self.embed_points(picked), picked[..., :3]
 
     def encode(self, pyramid: list[torch.Tensor], tokens: int) -> Posterior:
