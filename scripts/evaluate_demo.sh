@@ -28,7 +28,7 @@ DATA=(runs/prepared/ycb runs/prepared/household)
 mkdir -p "$EVAL"
 
 # 1. MAR-HR without condition augmentation (Table 2's ablation at our scale): train_demo.sh's MAR-HR stage
-#    with this one change (one thread, as there).
+#    with this one change (one thread, as there) and as many steps as the model's MAR-HR took (its pipeline.json).
 python3 - "$RUNS/mar_hr_noaug.yaml" <<'PY'
 import sys, yaml
 from importlib.resources import files
@@ -36,10 +36,12 @@ config = yaml.safe_load(files("mar3d.configs").joinpath("mar/small.yaml").read_t
 config["model"]["condition_augmentation"] = False
 open(sys.argv[1], "w").write(yaml.safe_dump(config, sort_keys=False))
 PY
+HR_STEPS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sources"]["mar_hr"]["trained_steps"])' \
+  "$MODEL/pipeline.json")
 if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
   resume=$([ -e "$RUNS/mar_hr_noaug/checkpoints/last.ckpt" ] && echo --resume || true)
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" \
-    --exclude "${HOLDOUT[@]}" --vae "$VAE" --out "$RUNS/mar_hr_noaug" --max-steps 800 --no-progress $resume
+    --exclude "${HOLDOUT[@]}" --vae "$VAE" --out "$RUNS/mar_hr_noaug" --max-steps "$HR_STEPS" --no-progress $resume
 fi
 # The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
 # the MAR-HR weights alone.

@@ -35,7 +35,7 @@ stage train-vae mar3d train vae --config small --data "${DATA[@]}" --exclude "${
   --no-progress $(resume_flag "$RUNS/vae")
 # MAR-LR and MAR-HR both learn from the VAE's latents of the ground truth, so they train at the same time, one
 # thread each (one core each on 2 cores), encoding latents on the fly. An MAR-HR step costs ~4x an MAR-LR step.
-declare -A STEPS=([lr]=3000 [hr]=800)
+declare -A STEPS=([lr]=8000 [hr]=2000)
 pids=()
 for s in lr hr; do
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage "train-mar-$s" mar3d train "mar-$s" --config small --data "${DATA[@]}" \
