@@ -97,13 +97,20 @@ def test_mar_runs_train_and_export_ema_models(stage, tiny_mar_lr_run, tiny_mar_h
     assert not torch.equal(live, state["ema.shadow.token_proj.weight"])
 
 
-def test_mar_hr_trains_online_without_a_cache_and_resumes(prepared, tiny_vae_run, tmp_path):
+def test_mar_hr_trains_online_without_a_cache_and_resumes_summing_wall_time(prepared, tiny_vae_run, tmp_path):
     run = tmp_path / "hr"
     args = ["train", "mar-hr", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run, "--out", run,
             "--no-progress", "--only", *WATERTIGHT_YCB[:2]]
     run_mar3d(*args, "--max-steps", 20)
+    first = json.loads((run / "model" / "config.json").read_text())["seconds"]
     run_mar3d(*args, "--max-steps", 30, "--resume")
-    assert json.loads((run / "model" / "config.json").read_text())["trained_steps"] == 30
+    resumed = json.loads((run / "model" / "config.json").read_text())
+    assert resumed["trained_steps"] == 30
+    # The wall time sums the legs; resuming a finished run trains nothing and keeps the whole run's time.
+    assert resumed["seconds"] > first > 0
+    run_mar3d(*args, "--max-steps", 30, "--resume")
+    again = json.loads((run / "model" / "config.json").read_text())
+    assert again["trained_steps"] == 30 and resumed["seconds"] <= again["seconds"] < resumed["seconds"] + 30
     assert load_mar(run / "model").config.lr_latent_scale != 1.0  # measured by encoding
 
 

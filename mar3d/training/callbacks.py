@@ -1,4 +1,4 @@
-"""Callbacks every stage trains with: exact resume (data position, per-batch seeds) and throughput."""
+"""Callbacks every stage trains with: exact resume (data position, per-batch seeds), throughput, wall time."""
 from __future__ import annotations
 
 import random
@@ -92,3 +92,25 @@ class Throughput(Callback):
         steps, seconds, waiting = totals
         return {"steps_per_s": steps / seconds, "samples_per_s": steps * self.samples_per_step / seconds,
                 "data_wait_fraction": waiting / seconds}
+
+
+class TrainingClock(Callback):
+    """Wall-clock seconds a run has trained, summed over its resumes.
+
+    Every checkpoint keeps the total so far, so a resumed run (even one resumed after it had finished, which
+    trains no step) reports the whole run's time, not only its own last leg.
+    """
+
+    def __init__(self):
+        self._earlier, self._start = 0.0, time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self._earlier + time.perf_counter() - self._start
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Checkpoints written before this callback existed have no entry; their time is unknown, so it counts 0.
+        self._earlier = float(state_dict.get("seconds", 0.0))

@@ -8,7 +8,6 @@ are ``mar3d.data.datasets.MARDataset``'s.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from mar3d.models.io import MAR_KIND, RUN_EXPORT_DIR, load_mar, load_vae, model_
 from mar3d.models.mar import MAR
 from mar3d.models.vae import PyramidVAE
 from mar3d.training.cache_latents import vae_fingerprint
-from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
+from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit, training_seconds
 from mar3d.training.config import MARRunConfig
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
@@ -175,7 +174,6 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
     module.attach_vae(vae)
-    start = time.perf_counter()
     trainer = fit(module, train_loader(sets["train"], config.train, _collate), val_loader, run_dir, config, resume,
                   progress_bar, **trainer_overrides)
     model = averaged_model(trainer, module)
@@ -183,4 +181,4 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
         return run_dir / RUN_EXPORT_DIR
     return save_mar(model, run_dir / RUN_EXPORT_DIR,
                     extra={"trained_steps": trainer.global_step, "train_ids": selection.train_ids,
-                           "vae": config.vae, "seconds": round(time.perf_counter() - start, 1)})
+                           "vae": config.vae, "seconds": training_seconds(trainer)})

@@ -1,7 +1,6 @@
 """Training the Pyramid VAE: the Lightning module, its data, and ``train_vae`` used by the CLI."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +14,7 @@ from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
 from mar3d.models.io import RUN_EXPORT_DIR, load_vae, save_vae
 from mar3d.models.vae import PyramidVAE, legacy_order
-from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit
+from mar3d.training.common import AveragedModule, averaged_model, configure_adamw, fit, training_seconds
 from mar3d.training.config import VAERunConfig
 from mar3d.training.loader import train_loader
 from mar3d.training.selection import select_objects
@@ -111,7 +110,6 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     val_loader = DataLoader(val_items, batch_size=1, collate_fn=_stack)
 
     module = VAEModule(to_dict(config))
-    start = time.perf_counter()
     trainer = fit(module, train_loader(train_set, config.train), val_loader, run_dir, config, resume, progress_bar,
                   **trainer_overrides)
     model = averaged_model(trainer, module)
@@ -119,7 +117,7 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
         return run_dir / RUN_EXPORT_DIR
     return save_vae(model, run_dir / RUN_EXPORT_DIR,
                     extra={"trained_steps": trainer.global_step, "train_ids": train_ids,
-                           "seconds": round(time.perf_counter() - start, 1)})
+                           "seconds": training_seconds(trainer)})
 
 
 def _stack(items: list[dict]) -> dict:
