@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; about 2 hours):
+# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; about 100 minutes):
 #   prepare (58 YCB scans + 1700 procedural household objects) -> train VAE -> train MAR-LR and MAR-HR side by side
 #   -> export to mar3d/assets/demo_model.
 # Every stage resumes where it stopped when the script is run again. Wall time per stage goes to
@@ -47,9 +47,10 @@ done
 for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 # Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
-# model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings. MAR-LR
-# alone by default: at this scale MAR-HR lowers F@0.1 and NC (docs/results.md); `--hr` runs it.
+# model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings. The whole
+# cascade by default (export's use_hr true): trained 2000 steps, MAR-HR raises F@0.05 and NC over MAR-LR alone
+# (docs/results.md); `--no-hr` skips it, twice as fast.
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
-  --set faces=50000 --set use_hr=false
+  --set faces=50000
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"
