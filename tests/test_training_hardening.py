@@ -3,6 +3,7 @@ the resumable sampler, per-sample seeding, throughput logging, EMA on FSDP shard
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 
 from conftest import WATERTIGHT_YCB
 from mar3d.config import CONFIG_DIR, ConfigError, from_dict
-from mar3d.training.common import parameter_groups, strategy
+from mar3d.training.common import checkpoint_step, last_checkpoint, parameter_groups, strategy
 from mar3d.training.config import TrainConfig
 from mar3d.training.loader import ResumableSampler, SeededItems, train_loader
 from mar3d.training.logs import read_scalars
@@ -140,6 +141,27 @@ def test_weight_decay_groups_hold_for_flattened_shards():
 
 
 # ------------------------------------------------------------------------------------ the real runs
+@pytest.mark.trained
+def test_resume_picks_the_furthest_checkpoint_not_the_newest_file(tiny_vae_run, tmp_path):
+    """A run folder copied without its file times (``cp -r``) resumes at its last step, whatever order the
+    copy wrote the files in; a ``step-N.ckpt`` past ``last.ckpt`` (a run killed between writing the two) wins."""
+    source = tiny_vae_run / "checkpoints"
+    assert sorted(p.name for p in source.glob("*.ckpt")) == ["last.ckpt", "step-1000.ckpt", "step-1500.ckpt",
+                                                              "step-500.ckpt"]
+    copy = tmp_path / "copied"
+    (copy / "checkpoints").mkdir(parents=True)
+    for second, name in enumerate(["last.ckpt", "step-1500.ckpt", "step-1000.ckpt", "step-500.ckpt"]):
+        shutil.copy(source / name, copy / "checkpoints" / name)
+        os.utime(copy / "checkpoints" / name, ns=(second * 10**9, second * 10**9))  # the earliest step is newest
+    assert checkpoint_step(copy / "checkpoints" / "last.ckpt") == 1500
+    assert last_checkpoint(copy) == copy / "checkpoints" / "last.ckpt"
+
+    shutil.copy(source / "step-1000.ckpt", copy / "checkpoints" / "last.ckpt")  # killed before last.ckpt moved on
+    assert checkpoint_step(copy / "checkpoints" / "last.ckpt") == 1000
+    assert last_checkpoint(copy) == copy / "checkpoints" / "step-1500.ckpt"
+    assert last_checkpoint(tmp_path / "empty") is None
+
+
 @pytest.mark.trained
 def test_run_killed_with_sigkill_resumes_to_bit_identical_weights(prepared, tmp_path):
     """A tiny VAE run is killed after its first checkpoint (step 5, mid-epoch: 4 objects in batches of 3)

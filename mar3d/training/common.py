@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -232,10 +233,20 @@ def averaged_model(trainer: L.Trainer, module: L.LightningModule) -> nn.Module |
     return model
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint was saved at: from its name (``step-N.ckpt``), else from the file."""
+    match = re.fullmatch(r"step-(\d+)\.ckpt", path.name)
+    if match:
+        return int(match.group(1))
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint: ``last.ckpt``, or ``step-N.ckpt`` when the run was killed between the two."""
+    """The checkpoint furthest into training: ``last.ckpt``, or ``step-N.ckpt`` when the run was killed
+    between writing the two. Chosen by step, not by file time: a run folder copied without its times
+    (``cp -r``) must resume at its end, not at whichever checkpoint the copy happened to write last."""
     paths = list((Path(run_dir) / CHECKPOINT_DIR).glob("*.ckpt"))
-    return max(paths, key=lambda p: p.stat().st_mtime_ns) if paths else None
+    return max(paths, key=lambda p: (checkpoint_step(p), p.name == LAST)) if paths else None
 
 
 def fit(module: L.LightningModule, train_loader: TrainLoader, val_loader, run_dir: Path, run_config,
