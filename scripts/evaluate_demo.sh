@@ -8,7 +8,7 @@
 #   5. the picture (docs/images/results.png) and the table (RUNS/eval/results.md)
 # Needs the prepared data of scripts/train_demo.sh (runs/prepared). The ablation trains against the VAE and MAR-LR
 # runs in runs/demo when they are there, else against the model's own (bf16) VAE and MAR-LR. Every stage skips
-# what it already finished.
+# what it already finished. ABLATION=0 skips the ablation (1. and (c)): its MAR-HR costs as long as the model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The environment scripts/setup.sh made, unless one is active already.
@@ -21,6 +21,7 @@ EVAL=$RUNS/eval
 VAE=$([ -e "$RUNS/vae/model" ] && echo "$RUNS/vae" || echo "$MODEL/vae")
 MAR_LR=$([ -e "$RUNS/mar_lr/model" ] && echo "$RUNS/mar_lr" || echo "$MODEL/mar_lr")
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
+ABLATION=${ABLATION:-1}
 # Extra `mar3d generate` options for every variant (default: none, the model's fast defaults).
 read -ra GENERATE_OPTIONS <<< "${GENERATE_OPTIONS:-}"
 mapfile -t HOLDOUT < <(grep -v '^#' mar3d/configs/holdout/ycb.txt)
@@ -29,26 +30,28 @@ mkdir -p "$EVAL"
 
 # 1. MAR-HR without condition augmentation (Table 2's ablation at our scale): train_demo.sh's MAR-HR stage
 #    with this one change (one thread, as there) and as many steps as the model's MAR-HR took (its pipeline.json).
-python3 - "$RUNS/mar_hr_noaug.yaml" <<'PY'
+if [ "$ABLATION" != 0 ]; then
+  python3 - "$RUNS/mar_hr_noaug.yaml" <<'PY'
 import sys, yaml
 from importlib.resources import files
 config = yaml.safe_load(files("mar3d.configs").joinpath("mar/small.yaml").read_text())
 config["model"]["condition_augmentation"] = False
 open(sys.argv[1], "w").write(yaml.safe_dump(config, sort_keys=False))
 PY
-HR_STEPS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sources"]["mar_hr"]["trained_steps"])' \
-  "$MODEL/pipeline.json")
-if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
-  resume=$([ -e "$RUNS/mar_hr_noaug/checkpoints/last.ckpt" ] && echo --resume || true)
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" \
-    --exclude "${HOLDOUT[@]}" --vae "$VAE" --out "$RUNS/mar_hr_noaug" --max-steps "$HR_STEPS" --no-progress $resume
-fi
-# The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
-# the MAR-HR weights alone.
-mapfile -t DEFAULTS < <(python3 -c 'import json, sys
+  HR_STEPS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sources"]["mar_hr"]["trained_steps"])' \
+    "$MODEL/pipeline.json")
+  if [ ! -e "$RUNS/mar_hr_noaug/model/model.safetensors" ]; then
+    resume=$([ -e "$RUNS/mar_hr_noaug/checkpoints/last.ckpt" ] && echo --resume || true)
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 mar3d train mar-hr --config "$RUNS/mar_hr_noaug.yaml" --data "${DATA[@]}" \
+      --exclude "${HOLDOUT[@]}" --vae "$VAE" --out "$RUNS/mar_hr_noaug" --max-steps "$HR_STEPS" --no-progress $resume
+  fi
+  # The same sampling defaults as the model it is compared with (its pipeline.json), so that (b) and (c) differ in
+  # the MAR-HR weights alone.
+  mapfile -t DEFAULTS < <(python3 -c 'import json, sys
 for key, value in json.load(open(sys.argv[1]))["defaults"].items(): print(f"--set={key}={json.dumps(value)}")' "$MODEL/pipeline.json")
-mar3d export --vae "$VAE" --mar-lr "$MAR_LR" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
-  --dtype bfloat16 --overwrite "${DEFAULTS[@]}"
+  mar3d export --vae "$VAE" --mar-lr "$MAR_LR" --mar-hr "$RUNS/mar_hr_noaug" --out "$RUNS/model_noaug" \
+    --dtype bfloat16 --overwrite "${DEFAULTS[@]}"
+fi
 
 # 2. Inputs: the bundled examples are these renders (the evaluation pairs <id>.glb with view 0 of <id>).
 mkdir -p examples
@@ -67,7 +70,7 @@ run_variant() {  # NAME MODEL [generate options]: one folder per sampling seed, 
 }
 run_variant lr_only "$MODEL" --no-hr
 run_variant lr_hr "$MODEL" --hr
-run_variant lr_hr_noaug "$RUNS/model_noaug" --hr
+[ "$ABLATION" = 0 ] || run_variant lr_hr_noaug "$RUNS/model_noaug" --hr
 
 # 4. The VAE ceiling: the held-out objects through the VAE alone (512 tokens), written in their source files' frame.
 mar3d reconstruct "${HOLDOUT[@]/#/$PREPARED/}" --vae "$MODEL/vae" --out "$EVAL/vae/meshes" --tokens 512
