@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Experiment (docs/results.md, "Session 10 experiments"): one exported model on the 10 held-out examples/,
-# MAR-LR only, over the sampling seeds in SEEDS (default 0 1 2), scored as scripts/evaluate_demo.sh's (a)
+# MAR-LR only (HR=1: the whole cascade), over the sampling seeds in SEEDS (default 0 1 2), scored as
+# scripts/evaluate_demo.sh's (a) (or (b) with HR=1)
 # (docs/protocol.md, known camera, view 0); prints F@0.1 per seed, mean ± std, CD and NC.
 # usage (repo root): scripts/experiments/score_seeds.sh MODEL_DIR OUT [mar3d generate flags, e.g. --temperature 0.5]
 # Outputs: OUT/seed<S>/meshes, OUT/seed<S>/metrics. Finished seeds are kept (rerun to resume).
 set -euo pipefail
 model=$1; out=$2; shift 2
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
+cascade=$([ "${HR:-0}" = 1 ] && echo --hr || echo --no-hr)
 for seed in "${SEEDS[@]}"; do
   .venv/bin/mar3d generate examples --model "$model" --out "$out/seed$seed/meshes" --seed "$seed" --no-progress \
-    --no-hr "$@" > /dev/null
+    "$cascade" "$@" > /dev/null
   [ -e "$out/seed$seed/metrics/metrics.json" ] || .venv/bin/mar3d evaluate --pred "$out/seed$seed/meshes" \
     --gt runs/prepared/ycb --views runs/prepared/ycb --view 0 --out "$out/seed$seed/metrics" > /dev/null
 done
