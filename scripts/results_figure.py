@@ -3,8 +3,10 @@
 Tables: the mean CD, F@0.1/0.05/0.02 and NC of each variant over the held-out objects; for a generated variant
 the mean ± standard deviation of that mean over its sampling seeds (EVAL/<variant>/seed<S>/metrics/metrics.json),
 for the VAE ceiling one value (EVAL/vae/metrics/metrics.json); then F@0.1 per object, each variant's
-seed mean beside a sphere's (* marks an object where the variant does no better than the sphere). Written to
-EVAL/results.md and printed.
+seed mean beside a sphere's (* marks an object where the variant does no better than the sphere); then the
+paired differences (b) − (a) and (b) − (c) over the seeds both variants have: seeds move every variant
+together, so a difference is judged by its per-seed values and its standard error, not by the variants'
+spreads. Written to EVAL/results.md and printed.
 Picture: one row per held-out object: the input view, normal maps of the MAR-LR-only and LR + HR meshes of the
 first seed, and of the ground truth, all from the input camera (the evaluation's aligned meshes, framed
 together per row).
@@ -97,6 +99,34 @@ def table(eval_dir: Path, sphere_rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+# (minuend, subtrahend, row title): what MAR-HR adds, and what condition augmentation adds (Table 2)
+PAIRS = [("lr_hr", "lr_only", "MAR-HR: (b) − (a)"), ("lr_hr", "lr_hr_noaug", "condition augmentation: (b) − (c)")]
+
+
+def seed_means(eval_dir: Path, variant: str) -> dict[int, dict[str, float]]:
+    """Sampling seed -> the variant's mean metrics over the objects, for every seed it was scored with."""
+    return {int(d.parent.name[4:]): json.loads((d / "metrics.json").read_text())["summary"]["mean"]
+            for d in (eval_dir / variant).glob("seed*/metrics") if (d / "metrics.json").exists()}
+
+
+def paired_table(eval_dir: Path) -> str:
+    """Per metric, the mean over shared seeds of (first − second) ± its standard error; F@0.1 per seed."""
+    lines = ["| difference | seeds | " + " | ".join(title for _, title in COLUMNS) + " | F@0.1 per seed |",
+             "|---|---:|" + "---:|" * len(COLUMNS) + "---|"]
+    for first, second, title in PAIRS:
+        a, b = seed_means(eval_dir, first), seed_means(eval_dir, second)
+        seeds = sorted(set(a) & set(b))
+        if len(seeds) < 2:
+            continue
+        cells = []
+        for key, _ in COLUMNS:
+            d = np.array([a[s][key] - b[s][key] for s in seeds])
+            cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}")
+        per_seed = " / ".join(f"{a[s]['f_score@0.1'] - b[s]['f_score@0.1']:+.3f}" for s in seeds)
+        lines.append(f"| {title} | {len(seeds)} | " + " | ".join(cells) + f" | {per_seed} |")
+    return "\n".join(lines)
+
+
 def picture(eval_dir: Path, inputs_dir: Path, out: Path) -> None:
     rows = []
     for image_path in sorted(inputs_dir.glob("*.png")):
@@ -119,7 +149,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="the picture (PNG)")
     args = parser.parse_args()
     sphere = sphere_scores(args.eval)
-    text = table(args.eval, sphere) + "\n\n" + per_object_table(args.eval, sphere)
+    text = table(args.eval, sphere) + "\n\n" + per_object_table(args.eval, sphere) + "\n\n" + paired_table(args.eval)
     (args.eval / "results.md").write_text(text + "\n")
     print(text)
     picture(args.eval, args.inputs, args.out)

@@ -254,3 +254,34 @@ def test_comparison_picture_rows_frame_meshes_together_and_mark_missing_ones(mus
     assert np.array_equal(pixels[24:24 + 48, :64], row[0][:48])  # pasted as rendered (the label is below)
     assert (pixels[24:24 + 24, 64:192] == 255).all()  # the missing meshes: white cells (their note is lower)
     assert (pixels[24 + 28:24 + 48, 64:128] < 128).any()  # ... with "no surface" written in them
+
+
+def test_results_table_pairs_variants_by_seed_and_gives_the_standard_error(tmp_path):
+    """scripts/results_figure.py's paired differences (docs/results.md): only the seeds both variants were
+    scored with count, each metric's mean difference comes with its standard error over those seeds."""
+    import importlib.util
+
+    from pathlib import Path
+    script = Path(__file__).parents[1] / "scripts" / "results_figure.py"
+    spec = importlib.util.spec_from_file_location("results_figure", script)
+    results_figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_figure)
+
+    def write(variant: str, seed: int, f01: float) -> None:
+        folder = tmp_path / variant / f"seed{seed}" / "metrics"
+        folder.mkdir(parents=True)
+        mean = {key: 0.5 for key, _ in results_figure.COLUMNS} | {"f_score@0.1": f01}
+        (folder / "metrics.json").write_text(json.dumps({"summary": {"mean": mean}}))
+
+    for seed, (b, a, c) in enumerate([(0.50, 0.40, 0.45), (0.60, 0.55, 0.50), (0.70, 0.60, 0.68)]):
+        write("lr_hr", seed, b), write("lr_only", seed, a), write("lr_hr_noaug", seed, c)
+    write("lr_only", 7, 0.0)  # a seed (b) lacks: left out
+    rows = results_figure.paired_table(tmp_path).splitlines()[2:]
+    assert len(rows) == 2
+    hr, augmentation = ([cell.strip() for cell in row.split("|")[1:-1]] for row in rows)
+    differences = np.array([0.10, 0.05, 0.10])
+    assert hr[1] == "3"
+    assert hr[3] == f"{differences.mean():+.3f} ± {differences.std(ddof=1) / np.sqrt(3):.3f}"  # F@0.1
+    assert hr[2] == "+0.000 ± 0.000"  # CD equal
+    assert hr[-1] == "+0.100 / +0.050 / +0.100"
+    assert augmentation[-1] == "+0.050 / +0.100 / +0.020"
