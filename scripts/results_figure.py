@@ -106,7 +106,8 @@ PAIRS = [("lr_hr", "lr_only", "MAR-HR: (b) − (a)"), ("lr_hr", "lr_hr_noaug", "
 def seed_means(eval_dir: Path, variant: str) -> dict[int, dict[str, float]]:
     """Sampling seed -> the variant's mean metrics over the objects, for every seed it was scored with."""
     return {int(d.parent.name[4:]): json.loads((d / "metrics.json").read_text())["summary"]["mean"]
-            for d in (eval_dir / variant).glob("seed*/metrics") if (d / "metrics.json").exists()}
+            for d in metric_dirs(eval_dir, variant)
+            if d.parent.name.startswith("seed") and (d / "metrics.json").exists()}
 
 
 def paired_table(eval_dir: Path) -> str:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,9 +261,6 @@ def test_comparison_picture_rows_frame_meshes_together_and_mark_missing_ones(mus
 def test_results_table_pairs_variants_by_seed_and_gives_the_standard_error(tmp_path):
     """scripts/results_figure.py's paired differences (docs/results.md): only the seeds both variants were
     scored with count, each metric's mean difference comes with its standard error over those seeds."""
-    import importlib.util
-
-    from pathlib import Path
     script = Path(__file__).parents[1] / "scripts" / "results_figure.py"
     spec = importlib.util.spec_from_file_location("results_figure", script)
     results_figure = importlib.util.module_from_spec(spec)
