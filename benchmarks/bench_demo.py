@@ -29,7 +29,7 @@ from mar3d.pipeline.settings import DEMO_MODEL_DIR, QUALITY_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15.0  # per image, fast preset, after the first (issue 16)
-STAGES = ("preprocess", "encoder", "lr", "hr", "decode", "marching_cubes", "postprocess")
+STAGES = ("preprocess", "encoder", "lr", "select", "hr", "decode", "marching_cubes", "postprocess")
 
 
 def machine() -> dict:

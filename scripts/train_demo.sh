@@ -47,10 +47,11 @@ done
 for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 # Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
-# model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings. The whole
-# cascade by default (export's use_hr true): trained 2000 steps, MAR-HR raises F@0.05 and NC over MAR-LR alone
-# (docs/results.md); `--no-hr` skips it, twice as fast.
+# model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings.
+# Four MAR-LR candidates, the one whose outline matches the image kept, decoded without MAR-HR: with candidate
+# selection MAR-LR alone scores the best F@0.1 and CD and is twice as fast; `--hr` runs the cascade (smoother
+# surfaces, boxier boxes), docs/results.md "Candidate selection".
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
-  --set faces=50000
+  --set faces=50000 --set candidates=4 --set use_hr=false
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"

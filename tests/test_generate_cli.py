@@ -212,6 +212,26 @@ def test_a_models_use_hr_default_and_the_hr_flags(tiny_vae_run, tiny_mar_lr_run,
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_models_candidates_default_and_the_candidates_flag(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run, inputs,
+                                                             tmp_path, capsys):
+    """pipeline.json's candidates (as the bundled demo's) selects among MAR-LR samples; --candidates overrides it,
+    --verbose names the candidate kept, and a bad count is a one-line error."""
+    model = tmp_path / "two_candidates"
+    status, text = cli(capsys, "export", "--vae", tiny_vae_run, "--mar-lr", tiny_mar_lr_run, "--mar-hr",
+                       tiny_mar_hr_run, "--out", model, "--set", "candidates=2", "--set", "resolution=32")
+    assert status == 0, text
+    assert json.loads((model / PIPELINE_FILE).read_text())["defaults"]["candidates"] == 2
+    image = inputs["good"][0]
+    for flags, kept in (((), "of 2 kept"), (("--candidates", 3), "of 3 kept"), (("--candidates", 1), None)):
+        status, text = cli(capsys, "generate", image, "--model", model, "--out", tmp_path / f"c{len(flags)}{kept}",
+                           "--no-hr", "--verbose", "--no-progress", *flags)
+        assert status == 0 and "generated 1" in text, text
+        selected = "candidate selection" in text and "kept (silhouette IoU" in text  # the --verbose timing line
+        assert (selected and kept in text) if kept else not selected, (flags, text)
+    status, text = cli(capsys, "generate", image, "--model", model, "--out", tmp_path / "bad", "--candidates", 0)
+    assert status == 2 and "candidates must be >= 1" in text
+
+
 def test_generate_needs_a_model_and_valid_settings(tiny_pipeline, inputs, tmp_path, capsys, monkeypatch):
     image = inputs["good"][0]
     # An installation without the bundled model (e.g. a slimmed package) says what to do.

@@ -12,10 +12,12 @@ from mar3d.pipeline.images import IMAGE_SUFFIXES
 
 FORMATS = ("glb", "obj", "ply", "stl")
 PREVIEW_SUFFIX = ".preview.png"
-TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR-LR"), ("hr", "MAR-HR"),
-               ("decode", "decode"), ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
+TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR-LR"),
+               ("select", "candidate selection"), ("hr", "MAR-HR"), ("decode", "decode"),
+               ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
 STAGE_LABELS = {"preprocess": "MAR-LR", "lr": "MAR-HR", "hr": "mesh"}  # the stage that follows each one
-SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces", "use_hr")
+SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces", "use_hr",
+            "candidates")
 
 
 def _model_default(name: str) -> str:
@@ -67,6 +69,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--hr", action=argparse.BooleanOptionalAction, dest="use_hr",
                    help="run MAR-HR on the MAR-LR tokens (--hr: the whole cascade) or decode the MAR-LR tokens "
                         f"(--no-hr: faster, coarser) ({_model_default('use_hr')})")
+    p.add_argument("--candidates", type=int, metavar="K",
+                   help="MAR-LR samples K token sets and keeps the one whose outline, seen by the training camera, "
+                        f"best matches the image's; 1 samples one ({_model_default('candidates')})")
     p.add_argument("--preview", action="store_true", help="also write a PNG of normal-map renders from 4 views")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise they are kept)")
     p.add_argument("--verbose", action="store_true", help="print each image's timing breakdown")
@@ -105,7 +110,11 @@ def output_names(files: list[Path]) -> list[str]:
 def _timing_line(name: str, result) -> str:
     t = result.timings
     parts = [f"{label} {t[key]:.2f} s" for key, label in TIMING_KEYS if key in t]
-    return f"  {name}: {', '.join(parts)}; total {t['total']:.2f} s; {result.queries:,} queries"
+    line = f"  {name}: {', '.join(parts)}; total {t['total']:.2f} s; {result.queries:,} queries"
+    if result.candidate_scores:
+        scores = ", ".join(f"{s:.3f}" for s in result.candidate_scores)
+        line += f"; candidate {result.candidate + 1} of {len(result.candidate_scores)} kept (silhouette IoU {scores})"
+    return line
 
 
 def _write(result, targets: list[Path], overwrite: bool) -> tuple[list[str], list[str]]:

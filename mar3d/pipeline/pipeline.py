@@ -9,7 +9,9 @@ A pipeline model folder holds the three trained models and the default sampling 
 
 ``mar3d export --vae RUN --mar-lr RUN --mar-hr RUN --out MODEL`` assembles one (``mar3d.pipeline.export``).
 
-Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR (N_lr tokens) -> MAR-HR
+Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR (N_lr tokens; with
+``candidates`` > 1 that many token sets in one batch, each decoded coarsely and the one whose silhouette best
+matches the input kept: ``silhouette``) -> MAR-HR
 (N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
 (VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
 the LR tokens are decoded.
@@ -47,6 +49,7 @@ from mar3d.models.io import load_mar, load_vae
 from mar3d.models.mar import MAR, MARConfig
 from mar3d.models.vae import PyramidVAE, VAEConfig
 from mar3d.pipeline.images import preprocess
+from mar3d.pipeline.silhouette import SELECTION_RESOLUTION, silhouette_scores
 # Re-exported: what callers of the pipeline module have always found here.
 from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
                                      QUALITY_PRESETS, VERSION, SamplingDefaults)
@@ -91,8 +94,8 @@ class GenerationResult:
 
     ``status`` is "ok", or "empty" / "full" / "nonfinite" when the decoded occupancy has no surface
     (then ``mesh`` has no faces). ``timings`` in seconds: preprocess, encoder (both MARs' image
-    encoders), lr, hr (sampling without the encoder), decode (the VAE decoder's occupancy queries),
-    marching_cubes, postprocess, total.
+    encoders), lr, hr (sampling without the encoder), select (decoding and comparing MAR-LR candidates,
+    when there are several), decode (the VAE decoder's occupancy queries), marching_cubes, postprocess, total.
     """
 
     name: str
@@ -105,6 +108,8 @@ class GenerationResult:
     watertight: bool = False
     latents: torch.Tensor | None = None  # (N, C) the decoded tokens (HR, or LR with use_hr=False)
     lr_latents: torch.Tensor | None = None  # (N_lr, C)
+    candidate_scores: list[float] | None = None  # each MAR-LR candidate's silhouette IoU (candidates > 1)
+    candidate: int = 0  # the index of the candidate kept
 
     @property
     def ok(self) -> bool:
@@ -247,15 +252,16 @@ class MAR3DPipeline:
 
     def sample_stage(self, stage: str, condition: ConditionImage, generator: torch.Generator,
                      settings: SamplingDefaults, timings: dict, lr_latents: torch.Tensor | None = None,
-                     progress: bool = False) -> torch.Tensor:
-        """One image's latents from MAR-LR (``stage`` "lr", (1, N_lr, C)) or MAR-HR ("hr", (1, N_hr, C),
-        given the LR latents). Adds the sampling time to ``timings[stage]`` and the image encoder's to
-        ``timings["encoder"]``."""
+                     progress: bool = False, copies: int = 1) -> torch.Tensor:
+        """One image's latents from MAR-LR (``stage`` "lr", (copies, N_lr, C): ``copies`` samples in one
+        batch) or MAR-HR ("hr", (1, N_hr, C), given the LR latents (1, N_lr, C)). Adds the sampling time to
+        ``timings[stage]`` and the image encoder's to ``timings["encoder"]``."""
         mar, steps = (self.mar_lr, settings.lr_steps) if stage == "lr" else (self.mar_hr, settings.hr_steps)
         timer = self._encoder_timers[stage]
         timer.take()
+        images = condition.image[None].expand(copies, -1, -1, -1).to(self.device)
         with self._timed(timings, stage), autocast_for(self.device, self.mar_dtype):
-            latents = mar.sample(condition.image[None].to(self.device), lr_latents=lr_latents, steps=steps,
+            latents = mar.sample(images, lr_latents=lr_latents, steps=steps,
                                  cfg=settings.cfg, cfg_schedule=settings.cfg_schedule,
                                  temperature=settings.temperature, sampler=settings.sampler,
                                  diffusion_steps=settings.diffusion_steps, generator=generator, progress=progress)
@@ -263,6 +269,17 @@ class MAR3DPipeline:
         timings[stage] -= encoder
         timings["encoder"] = timings.get("encoder", 0.0) + encoder
         return latents
+
+    def select_candidate(self, candidates: torch.Tensor, condition: ConditionImage, timings: dict
+                         ) -> tuple[int, list[float]]:
+        """MAR-LR candidates (K, N_lr, C) -> the index of the one whose mesh, decoded on a coarse grid, has the
+        silhouette closest to the input's foreground (the first of equals), and every candidate's score.
+        Adds the time to ``timings["select"]``."""
+        with self._timed(timings, "select"):
+            results = latents_to_meshes(self.vae, candidates, resolution=SELECTION_RESOLUTION,
+                                        dtype=self.decoder_dtype)
+            scores = silhouette_scores([r.mesh for r in results], condition.preview)
+        return max(range(len(scores)), key=scores.__getitem__), scores
 
     def __call__(self, images, seed: int | Sequence[int] = 0, **options) -> list[GenerationResult]:
         """Generate one mesh per image (see ``generate``); returns the results in order."""
@@ -324,7 +341,12 @@ class MAR3DPipeline:
                 timings = dict(preprocess=condition.seconds, encoder=0.0)
                 done("preprocess", i)
                 generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
-                lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress)
+                lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress,
+                                       copies=chosen.candidates)
+                kept, scores = 0, None
+                if chosen.candidates > 1:
+                    kept, scores = self.select_candidate(lr, condition, timings)
+                    lr = lr[kept:kept + 1]
                 done("lr", i)
                 latents = lr
                 if chosen.use_hr:
@@ -336,7 +358,8 @@ class MAR3DPipeline:
                 timings["total"] = sum(timings.values())
                 yield GenerationResult(
                     condition.name, mesh, condition.preview, status, seeds[i], timings, queries, watertight,
-                    latents[0].cpu() if return_latents else None, lr[0].cpu() if return_latents else None)
+                    latents[0].cpu() if return_latents else None, lr[0].cpu() if return_latents else None,
+                    scores, kept)
         finally:
             bar.close()
 

@@ -18,6 +18,7 @@ PIPELINE_FILE = "pipeline.json"
 FORMAT = "mar3d-pipeline"
 VERSION = 1
 DTYPE_CHOICES = PRECISION_CHOICES  # per stage: mar3d.pipeline.pipeline.stage_dtypes
+MAX_CANDIDATES = 32  # MAR-LR candidates per image (sampled as one batch)
 MAX_RESOLUTION = 512  # the extraction keeps a dense (R+1)^3 grid per shape: 0.7 GB at 512
 
 # Named presets a command line offers over the model's defaults (which are chosen for speed: the bundled
@@ -47,11 +48,16 @@ class SamplingDefaults:
     # Run MAR-HR on MAR-LR's tokens. False decodes the LR tokens: for a model whose MAR-HR does not help
     # (the bundled demo's scores lower with it, docs/results.md).
     use_hr: bool = True
+    # MAR-LR samples this many token sets per image in one batch and keeps the one whose silhouette best matches
+    # the input's foreground (mar3d.pipeline.silhouette); 1 samples one and compares nothing.
+    candidates: int = 1
 
     def validate(self) -> None:
-        for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size"):
+        for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size", "candidates"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.candidates > MAX_CANDIDATES:
+            raise ConfigError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
         if self.diffusion_steps > 1000:
             raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
         if not isinstance(self.use_hr, bool):

@@ -145,7 +145,10 @@ class WebGenerator:
             result.mesh.export(path, file_type=fmt)
         render_normal_views(result.mesh).save(preview)
         t = result.timings
-        stages = [f"MAR-LR {t['lr']:.1f} s"] + ([f"MAR-HR {t['hr']:.1f} s"] if "hr" in t else [])
+        stages = [f"MAR-LR {t['lr']:.1f} s"]
+        if result.candidate_scores:
+            stages.append(f"best outline of {len(result.candidate_scores)} candidates {t['select']:.1f} s")
+        stages += [f"MAR-HR {t['hr']:.1f} s"] if "hr" in t else []
         stages.append(f"mesh {t['decode'] + t['marching_cubes'] + t['postprocess']:.1f} s")
         summary = (f"{condition.name}: {len(result.mesh.faces):,} faces"
                    f"{', watertight' if result.watertight else ''}; seed {result.seed}; "

@@ -1,0 +1,87 @@
+"""Candidate selection by silhouette (mar3d.pipeline.silhouette): the projection agrees with the real renders
+of `mar3d prepare`, and the pipeline keeps the MAR-LR candidate whose outline matches the input best."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mar3d.config import ConfigError
+from mar3d.data import layout
+from mar3d.data.mesh_io import load_mesh
+from mar3d.data.normalize import normalization_matrix
+from mar3d.pipeline.pipeline import MAR3DPipeline
+from mar3d.pipeline.silhouette import foreground_mask, mask_iou, silhouette, silhouette_scores
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def mesh_in_view_frame(prepared, item_id: str, view: int):
+    """The prepared item's source mesh, normalized and turned into view ``view``'s frame, as prepare did."""
+    meta = layout.read_meta(prepared, item_id)
+    mesh = load_mesh(meta["source"]).geometry
+    mesh.apply_transform(normalization_matrix(np.asarray(meta["center"]), meta["scale"]))
+    rotation = np.eye(4)
+    rotation[:3, :3] = layout.read_views(prepared, item_id)[view]["rotation"]
+    return mesh.apply_transform(rotation)
+
+
+def view_image(prepared, item_id: str, view: int) -> Image.Image:
+    return Image.open(layout.item_dir(prepared, item_id) / "views" / f"{view:03d}.png").convert("RGBA")
+
+
+# (object, view, another object): the apple looks the same from every side, so only the others also check that
+# another view of the same object matches worse.
+@pytest.mark.parametrize("item_id, view, other_id", [("011_banana", 0, "013_apple"), ("013_apple", 3, "003_cracker_box"),
+                                                   ("003_cracker_box", 11, "011_banana")])
+def test_a_mesh_seen_by_the_training_camera_covers_its_own_render(prepared, item_id, view, other_id):
+    outline = silhouette(mesh_in_view_frame(prepared, item_id, view))
+    own = foreground_mask(view_image(prepared, item_id, view))
+    assert own.any()
+    assert mask_iou(outline, own) > 0.9  # splat vs rendered alpha: only pixels along the outline differ
+    assert mask_iou(outline, foreground_mask(view_image(prepared, other_id, view))) < 0.7
+    if item_id != "013_apple":
+        assert mask_iou(outline, foreground_mask(view_image(prepared, item_id, view ^ 2))) < 0.8
+
+
+def test_scores_are_deterministic_and_an_empty_mesh_scores_zero(prepared):
+    mesh = mesh_in_view_frame(prepared, "011_banana", 0)
+    image = view_image(prepared, "011_banana", 0)
+    empty = mesh.copy()
+    empty.faces = np.zeros((0, 3), dtype=np.int64)
+    scores = silhouette_scores([mesh, empty], image)
+    assert scores == silhouette_scores([mesh, empty], image)
+    assert scores[0] > 0.9 and scores[1] == 0.0
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_pipeline) -> MAR3DPipeline:
+    return MAR3DPipeline.from_pretrained(tiny_pipeline)
+
+
+def test_the_pipeline_keeps_the_best_matching_lr_candidate(pipeline, prepared):
+    image = layout.item_dir(prepared, "011_banana") / "views" / "000.png"
+    [result] = pipeline(image, seed=4, candidates=3, return_latents=True)
+    assert result.ok, result.problem
+    assert len(result.candidate_scores) == 3 and all(0 <= s <= 1 for s in result.candidate_scores)
+    assert result.candidate == int(np.argmax(result.candidate_scores))
+    assert result.timings["select"] > 0
+    # The kept LR tokens are that row of the batch MAR-LR sampled with the image's seed.
+    condition = pipeline.preprocess(image)
+    generator = torch.Generator().manual_seed(4)
+    candidates = pipeline.sample_stage("lr", condition, generator, pipeline.settings(candidates=3), {}, copies=3)
+    torch.testing.assert_close(result.lr_latents, candidates[result.candidate])
+    # Deterministic, and one candidate is the plain sampling (no scores, no selection time).
+    again = pipeline(image, seed=4, candidates=3)[0]
+    assert again.mesh.export(file_type="glb") == result.mesh.export(file_type="glb")
+    [plain] = pipeline(image, seed=4, candidates=1)
+    assert plain.candidate_scores is None and "select" not in plain.timings
+
+
+def test_candidates_are_checked(pipeline, prepared):
+    image = layout.item_dir(prepared, "011_banana") / "views" / "000.png"
+    with pytest.raises(ConfigError, match="candidates must be >= 1"):
+        pipeline(image, candidates=0)
+    with pytest.raises(ConfigError, match="candidates must be at most 32"):
+        pipeline(image, candidates=33)
