@@ -12,7 +12,7 @@ from mar3d.data import layout
 from mar3d.data.mesh_io import load_mesh
 from mar3d.data.normalize import normalization_matrix
 from mar3d.pipeline.pipeline import MAR3DPipeline
-from mar3d.pipeline.silhouette import foreground_mask, mask_iou, silhouette, silhouette_scores
+from mar3d.pipeline.silhouette import foreground_mask, mask_iou, silhouette
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,14 +45,13 @@ def test_a_mesh_seen_by_the_training_camera_covers_its_own_render(prepared, item
         assert mask_iou(outline, foreground_mask(view_image(prepared, item_id, view ^ 2))) < 0.8
 
 
-def test_scores_are_deterministic_and_an_empty_mesh_scores_zero(prepared):
+def test_silhouettes_are_deterministic_and_an_empty_mesh_has_none(prepared):
     mesh = mesh_in_view_frame(prepared, "011_banana", 0)
-    image = view_image(prepared, "011_banana", 0)
     empty = mesh.copy()
     empty.faces = np.zeros((0, 3), dtype=np.int64)
-    scores = silhouette_scores([mesh, empty], image)
-    assert scores == silhouette_scores([mesh, empty], image)
-    assert scores[0] > 0.9 and scores[1] == 0.0
+    target = foreground_mask(view_image(prepared, "011_banana", 0))
+    assert np.array_equal(silhouette(mesh), silhouette(mesh))
+    assert not silhouette(empty).any() and mask_iou(silhouette(empty), target) == 0.0
 
 
 @pytest.fixture(scope="module")

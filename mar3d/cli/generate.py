@@ -13,11 +13,11 @@ from mar3d.pipeline.images import IMAGE_SUFFIXES
 FORMATS = ("glb", "obj", "ply", "stl")
 PREVIEW_SUFFIX = ".preview.png"
 TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR-LR"),
-               ("select", "candidate selection"), ("hr", "MAR-HR"), ("decode", "decode"),
+               ("select", "candidate selection"), ("hr", "MAR-HR"), ("carve", "outline fit"), ("decode", "decode"),
                ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
 STAGE_LABELS = {"preprocess": "MAR-LR", "lr": "MAR-HR", "hr": "mesh"}  # the stage that follows each one
 SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces", "use_hr",
-            "candidates")
+            "candidates", "carve")
 
 
 def _model_default(name: str) -> str:
@@ -72,6 +72,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--candidates", type=int, metavar="K",
                    help="MAR-LR samples K token sets and keeps the one whose outline, seen by the training camera, "
                         f"best matches the image's; 1 samples one ({_model_default('candidates')})")
+    p.add_argument("--carve", action=argparse.BooleanOptionalAction,
+                   help="cut away whatever the mesh has outside the image's outline (the object's outline laid over "
+                        "the mesh's silhouette seen by the training camera; --no-carve keeps the decoded field as it "
+                        f"is) ({_model_default('carve')})")
     p.add_argument("--preview", action="store_true", help="also write a PNG of normal-map renders from 4 views")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise they are kept)")
     p.add_argument("--verbose", action="store_true", help="print each image's timing breakdown")
@@ -114,6 +118,8 @@ def _timing_line(name: str, result) -> str:
     if result.candidate_scores:
         scores = ", ".join(f"{s:.3f}" for s in result.candidate_scores)
         line += f"; candidate {result.candidate + 1} of {len(result.candidate_scores)} kept (silhouette IoU {scores})"
+    if result.outline is not None:
+        line += f"; carved by the outline (IoU {result.outline.iou:.3f} before, scaled {result.outline.scale:.2f})"
     return line
 
 

@@ -79,10 +79,13 @@ def view_rotations(count: int, rng: np.random.Generator, up_axis: str = "y") -> 
     return views
 
 
-def project(points_view: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
-    """Pixel coordinates (N, 2) (x right, y down) of view-frame points (N, 3) seen by the camera."""
+def project(points_view, K: np.ndarray, cam_to_world: np.ndarray):
+    """Pixel coordinates (..., 2) (x right, y down) of view-frame points (..., 3) seen by the camera; a numpy
+    array or a torch tensor (computed in its dtype, on its device)."""
     world_to_cam = np.linalg.inv(cam_to_world)
-    cam = points_view @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-    cv = cam * np.array([1.0, -1.0, -1.0])  # OpenGL camera -> OpenCV camera
-    uvw = cv @ K.T
-    return uvw[:, :2] / uvw[:, 2:3]
+    flip = np.diag([1.0, -1.0, -1.0])  # OpenGL camera -> OpenCV camera
+    rotation, translation = K @ flip @ world_to_cam[:3, :3], K @ flip @ world_to_cam[:3, 3]
+    if not isinstance(points_view, np.ndarray):  # a torch tensor
+        rotation, translation = (points_view.new_tensor(m) for m in (rotation, translation))
+    uvw = points_view @ rotation.T + translation
+    return uvw[..., :2] / uvw[..., 2:3]

@@ -4,6 +4,8 @@ Used by the image -> mesh pipeline, the VAE reconstruction tools and the evaluat
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from mar3d.mesh.extract import ExtractionResult, extract_meshes
@@ -16,15 +18,22 @@ from mar3d.utils.precision import autocast_for
 @torch.no_grad()
 def latents_to_meshes(vae: PyramidVAE, latents: torch.Tensor, resolution: int = DEFAULT_RESOLUTION,
                       mode: Mode = "hierarchical", postprocess: PostprocessOptions | None = PostprocessOptions(),
-                      dtype: torch.dtype = torch.float32) -> list[ExtractionResult]:
-    """One mesh per latent set (B, N, C), in the normalized frame, with its stage timings."""
+                      dtype: torch.dtype = torch.float32,
+                      carve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                      ) -> list[ExtractionResult]:
+    """One mesh per latent set (B, N, C), in the normalized frame, with its stage timings.
+
+    ``carve``: (points (B, Q, 3), logits (B, Q)) -> logits, a constraint applied to the decoded field before
+    marching cubes (``mar3d.pipeline.carve``: nothing outside the input's outline).
+    """
     device = latents.device
     with autocast_for(device, dtype):
         cache = vae.prepare_decoder(latents)
 
     def logits_fn(points: torch.Tensor) -> torch.Tensor:
         with autocast_for(device, dtype):
-            return vae.query(cache, points.to(device)).float()
+            logits = vae.query(cache, points.to(device)).float()
+        return logits if carve is None else carve(points, logits)
 
     return extract_meshes(logits_fn, len(latents), resolution=resolution, mode=mode,
                           postprocess_options=postprocess, device=device)

@@ -13,7 +13,8 @@ Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR 
 ``candidates`` > 1 that many token sets in one batch, each decoded coarsely and the one whose silhouette best
 matches the input kept: ``silhouette``) -> MAR-HR
 (N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
-(VAE decoder + marching cubes) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
+(VAE decoder + marching cubes; with ``carve``, the field clipped to the input's outline laid over the mesh's
+coarse silhouette: ``carve``) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
 the LR tokens are decoded.
 
 Images go through the stages one at a time, and each image's result is ready (``generate`` yields it) as
@@ -48,8 +49,9 @@ from mar3d.models.image_encoder import ClipDinov2Encoder
 from mar3d.models.io import load_mar, load_vae
 from mar3d.models.mar import MAR, MARConfig
 from mar3d.models.vae import PyramidVAE, VAEConfig
+from mar3d.pipeline.carve import FieldCarver, outline_carver
 from mar3d.pipeline.images import preprocess
-from mar3d.pipeline.silhouette import SELECTION_RESOLUTION, silhouette_scores
+from mar3d.pipeline.silhouette import SELECTION_RESOLUTION, OutlineFit, fit_outline, foreground_mask, silhouette
 # Re-exported: what callers of the pipeline module have always found here.
 from mar3d.pipeline.settings import (DEMO_MODEL_DIR, DTYPE_CHOICES, FORMAT, MAX_RESOLUTION, PIPELINE_FILE,  # noqa: F401
                                      QUALITY_PRESETS, VERSION, SamplingDefaults)
@@ -95,7 +97,8 @@ class GenerationResult:
     ``status`` is "ok", or "empty" / "full" / "nonfinite" when the decoded occupancy has no surface
     (then ``mesh`` has no faces). ``timings`` in seconds: preprocess, encoder (both MARs' image
     encoders), lr, hr (sampling without the encoder), select (decoding and comparing MAR-LR candidates,
-    when there are several), decode (the VAE decoder's occupancy queries), marching_cubes, postprocess, total.
+    when there are several), carve (laying the input's outline over the mesh, with ``carve``), decode (the VAE
+    decoder's occupancy queries, carving included), marching_cubes, postprocess, total.
     """
 
     name: str
@@ -110,6 +113,7 @@ class GenerationResult:
     lr_latents: torch.Tensor | None = None  # (N_lr, C)
     candidate_scores: list[float] | None = None  # each MAR-LR candidate's silhouette IoU (candidates > 1)
     candidate: int = 0  # the index of the candidate kept
+    outline: OutlineFit | None = None  # with carve: how the input's outline lay over the uncarved mesh
 
     @property
     def ok(self) -> bool:
@@ -270,16 +274,33 @@ class MAR3DPipeline:
         timings["encoder"] = timings.get("encoder", 0.0) + encoder
         return latents
 
+    def fit_outlines(self, latents: torch.Tensor, condition: ConditionImage) -> list[OutlineFit]:
+        """Latent sets (B, N, C) -> how the input's foreground lies, at best, over each one's silhouette seen by the
+        training camera (``silhouette.fit_outline``), from meshes decoded on a coarse grid (an outline needs no
+        detail)."""
+        results = latents_to_meshes(self.vae, latents, resolution=SELECTION_RESOLUTION, dtype=self.decoder_dtype)
+        target = foreground_mask(condition.preview)
+        return [fit_outline(silhouette(r.mesh), target) for r in results]
+
     def select_candidate(self, candidates: torch.Tensor, condition: ConditionImage, timings: dict
-                         ) -> tuple[int, list[float]]:
-        """MAR-LR candidates (K, N_lr, C) -> the index of the one whose mesh, decoded on a coarse grid, has the
-        silhouette closest to the input's foreground (the first of equals), and every candidate's score.
+                         ) -> tuple[int, list[float], OutlineFit]:
+        """MAR-LR candidates (K, N_lr, C) -> the index of the one whose silhouette the input's outline fits best
+        (the first of equals), every candidate's score (the fit's IoU), and the kept one's fit.
         Adds the time to ``timings["select"]``."""
         with self._timed(timings, "select"):
-            results = latents_to_meshes(self.vae, candidates, resolution=SELECTION_RESOLUTION,
-                                        dtype=self.decoder_dtype)
-            scores = silhouette_scores([r.mesh for r in results], condition.preview)
-        return max(range(len(scores)), key=scores.__getitem__), scores
+            fits = self.fit_outlines(candidates, condition)
+        scores = [fit.iou for fit in fits]
+        kept = max(range(len(scores)), key=scores.__getitem__)
+        return kept, scores, fits[kept]
+
+    def carver(self, latents: torch.Tensor, condition: ConditionImage, timings: dict,
+               fit: OutlineFit | None = None) -> tuple[FieldCarver | None, OutlineFit]:
+        """The carving of one image's latents (1, N, C) by its input's outline laid over their silhouette, and
+        that placement (``fit``, when selection already found it). Adds the time to ``timings["carve"]``."""
+        with self._timed(timings, "carve"):
+            if fit is None:
+                [fit] = self.fit_outlines(latents, condition)
+            return outline_carver(condition.preview, fit), fit
 
     def __call__(self, images, seed: int | Sequence[int] = 0, **options) -> list[GenerationResult]:
         """Generate one mesh per image (see ``generate``); returns the results in order."""
@@ -343,33 +364,35 @@ class MAR3DPipeline:
                 generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
                 lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress,
                                        copies=chosen.candidates)
-                kept, scores = 0, None
+                kept, scores, fit = 0, None, None
                 if chosen.candidates > 1:
-                    kept, scores = self.select_candidate(lr, condition, timings)
+                    kept, scores, fit = self.select_candidate(lr, condition, timings)
                     lr = lr[kept:kept + 1]
                 done("lr", i)
                 latents = lr
                 if chosen.use_hr:
                     latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
+                    fit = None  # MAR-HR's mesh has its own silhouette
                     done("hr", i)
-                mesh, status, queries, watertight = self.extract(latents, chosen, timings)
+                carve, fit = self.carver(latents, condition, timings, fit) if chosen.carve else (None, None)
+                mesh, status, queries, watertight = self.extract(latents, chosen, timings, carve)
                 done("mesh", i)
                 bar.update()
                 timings["total"] = sum(timings.values())
                 yield GenerationResult(
                     condition.name, mesh, condition.preview, status, seeds[i], timings, queries, watertight,
                     latents[0].cpu() if return_latents else None, lr[0].cpu() if return_latents else None,
-                    scores, kept)
+                    scores, kept, fit)
         finally:
             bar.close()
 
-    def extract(self, latents: torch.Tensor, settings: SamplingDefaults, timings: dict
-                ) -> tuple[trimesh.Trimesh, str, int, bool]:
-        """One image's latents (1, N, C) -> (mesh, status, queries, watertight); adds the meshing stages'
-        times (decode, marching_cubes, postprocess) to ``timings``."""
+    def extract(self, latents: torch.Tensor, settings: SamplingDefaults, timings: dict,
+                carve: FieldCarver | None = None) -> tuple[trimesh.Trimesh, str, int, bool]:
+        """One image's latents (1, N, C) -> (mesh, status, queries, watertight), the field clipped by ``carve``
+        if given; adds the meshing stages' times (decode, marching_cubes, postprocess) to ``timings``."""
         options = PostprocessOptions(max_faces=settings.faces or None)
         [result] = latents_to_meshes(self.vae, latents, resolution=settings.resolution, postprocess=options,
-                                     dtype=self.decoder_dtype)
+                                     dtype=self.decoder_dtype, carve=carve)
         timings.update(decode=result.decode_seconds, marching_cubes=result.marching_seconds,
                        postprocess=result.postprocess_seconds)
         return result.mesh, result.status, result.queries, result.watertight

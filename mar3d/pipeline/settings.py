@@ -51,6 +51,9 @@ class SamplingDefaults:
     # MAR-LR samples this many token sets per image in one batch and keeps the one whose silhouette best matches
     # the input's foreground (mar3d.pipeline.silhouette); 1 samples one and compares nothing.
     candidates: int = 1
+    # Clip the decoded field to the input's outline laid over the mesh's silhouette (mar3d.pipeline.carve): nothing
+    # of the mesh outside the cone of rays through the object's pixels. Needs no training; costs a coarse decode.
+    carve: bool = True
 
     def validate(self) -> None:
         for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size", "candidates"):
@@ -60,8 +63,9 @@ class SamplingDefaults:
             raise ConfigError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
         if self.diffusion_steps > 1000:
             raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
-        if not isinstance(self.use_hr, bool):
-            raise ConfigError(f"use_hr must be true or false, got {self.use_hr!r}")
+        for name in ("use_hr", "carve"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.cfg <= 0 or self.temperature <= 0:
             raise ConfigError(f"cfg and temperature must be > 0, got {self.cfg} and {self.temperature}")
         if not 8 <= self.resolution <= MAX_RESOLUTION:

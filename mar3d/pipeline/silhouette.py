@@ -14,9 +14,12 @@ of radius 0.95, area 11), so the splat has few holes, and it needs neither GL no
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import trimesh
 from PIL import Image
+from scipy import ndimage
 
 from mar3d.data.cameras import camera_to_world, intrinsics, project
 from mar3d.pipeline.images import FOREGROUND_ALPHA
@@ -24,6 +27,8 @@ from mar3d.pipeline.images import FOREGROUND_ALPHA
 MASK_SIZE = 128  # pixels per side of the compared masks
 SILHOUETTE_POINTS = 100_000  # surface samples splatted per mesh
 SELECTION_RESOLUTION = 32  # marching-cubes grid the candidates are decoded on for comparison: an outline needs no detail
+# Scales tried around the area ratio when the input's outline is laid over a silhouette (``fit_outline``).
+FIT_SCALES = np.exp(np.linspace(-0.3, 0.3, 13))
 
 
 def foreground_mask(framed: Image.Image, size: int = MASK_SIZE) -> np.ndarray:
@@ -53,7 +58,44 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b) / union) if union else 0.0
 
 
-def silhouette_scores(meshes: list[trimesh.Trimesh], framed: Image.Image) -> list[float]:
-    """Each mesh's silhouette IoU with the framed input's foreground (a mesh with no faces scores 0)."""
-    target = foreground_mask(framed)
-    return [mask_iou(silhouette(mesh), target) for mesh in meshes]
+@dataclass(frozen=True)
+class OutlineFit:
+    """Where the input's outline lies over a mesh's silhouette: scaled by ``scale`` about its centroid and moved
+    onto the silhouette's centroid (centroids as (row, column) fractions of the image side), with the IoU there.
+
+    Why a fit and not the outline as it is: the framing of an input only approximates a training render's (its
+    longest side is scaled to a median fill, ``images.FRAMING_FILL``, whereas a render's fill depends on the
+    object's shape), so a mesh of the right shape can be a little larger or smaller than the framed outline.
+    """
+
+    iou: float
+    scale: float
+    target_centre: np.ndarray  # (2,)
+    silhouette_centre: np.ndarray  # (2,)
+
+
+def mask_centre(mask: np.ndarray) -> np.ndarray:
+    """(row, column) centroid of a non-empty bool mask, as fractions of its side."""
+    rows, columns = np.nonzero(mask)
+    return (np.array([rows.mean(), columns.mean()]) + 0.5) / mask.shape[0]
+
+
+def place_outline(target: np.ndarray, fit: OutlineFit) -> np.ndarray:
+    """The bool mask ``target`` (any square size) moved and scaled by ``fit`` onto the silhouette."""
+    n, s = target.shape[0], fit.scale
+    # affine_transform maps each output pixel q to the input pixel q / s + offset (pixel centres at +0.5).
+    offset = n * fit.target_centre + 0.5 / s - n * fit.silhouette_centre / s - 0.5
+    return ndimage.affine_transform(target.astype(np.float32), np.full(2, 1 / s), offset=offset, order=1) >= 0.5
+
+
+def fit_outline(outline: np.ndarray, target: np.ndarray) -> OutlineFit:
+    """The placement of the bool mask ``target`` over the silhouette ``outline`` (same size) with the highest IoU:
+    centroids matched, scales ``FIT_SCALES`` around the square root of the area ratio. IoU 0 and scale 1 where
+    either mask is empty."""
+    if not outline.any() or not target.any():
+        return OutlineFit(0.0, 1.0, np.full(2, 0.5), np.full(2, 0.5))
+    centres = mask_centre(target), mask_centre(outline)
+    area_scale = float(np.sqrt(np.count_nonzero(outline) / np.count_nonzero(target)))
+    fits = [OutlineFit(0.0, area_scale * float(k), *centres) for k in FIT_SCALES]
+    return max((OutlineFit(mask_iou(outline, place_outline(target, f)), f.scale, *centres) for f in fits),
+               key=lambda f: f.iou)  # the first of equals
