@@ -80,6 +80,26 @@ def test_mar_item_pairs_a_white_composited_view_with_its_frame(prepared):
     assert foreground[row, col].mean() > 0.95
 
 
+def test_mar_items_can_be_framed_as_inference_frames_an_input(prepared):
+    """frame_fill reframes each render exactly as `preprocess` frames an input: the same picture for one view."""
+    from PIL import Image
+
+    from mar3d.pipeline.images import bbox_fill, preprocess
+
+    plain = MARDataset(prepared, ids=WATERTIGHT_YCB[:1], image_size=224)
+    framed = MARDataset(prepared, ids=WATERTIGHT_YCB[:1], image_size=224, frame_fill=0.865)
+    item_id = framed.ids[0]
+    for index in (0, 5):
+        view_file = layout.item_dir(prepared, item_id) / layout.read_views(prepared, item_id)[index]["file"]
+        expected, _ = preprocess(view_file, size=224)
+        image = framed[index]["image"]
+        assert (image - expected).abs().max() <= 1 / 255 + 1e-6  # the same picture, up to the 8-bit quantization
+        foreground = lambda im: ((im < 0.98).any(dim=0).numpy() * 255).astype(np.uint8)
+        assert bbox_fill(foreground(image)) == pytest.approx(0.865, abs=0.02)
+        render_fill = bbox_fill(np.asarray(Image.open(view_file).getchannel("A")))
+        assert bbox_fill(foreground(plain[index]["image"])) == pytest.approx(render_fill, abs=0.02)
+
+
 def test_datasets_refuse_unknown_ids_and_empty_directories(prepared, tmp_path):
     with pytest.raises(ValueError, match="not prepared"):
         VAEDataset(prepared, ids=["no_such_object"])

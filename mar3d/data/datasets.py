@@ -155,9 +155,9 @@ class MARDataset(_PreparedItems):
 
     def __init__(self, root, ids=None, exclude=(), pyramid: Sequence[int] = DEFAULT_PYRAMID, image_size: int = 224,
                  views: int = 0, latents: str | Path | None = None, tokens: int | None = None,
-                 lr_tokens: int | None = None, cached_images: int = 0):
+                 lr_tokens: int | None = None, cached_images: int = 0, frame_fill: float | None = None):
         super().__init__(root, ids, exclude)
-        self.pyramid, self.image_size = tuple(pyramid), image_size
+        self.pyramid, self.image_size, self.frame_fill = tuple(pyramid), image_size, frame_fill
         self.items: list[tuple[str, int, dict]] = []
         for item_id in self.ids:
             item_views = layout.read_views(self.root, item_id)
@@ -174,13 +174,20 @@ class MARDataset(_PreparedItems):
         self.cached_images = cached_images
         self._memory: dict[int, dict] = {}
 
+    def _framed(self, image: Image.Image, name: str) -> Image.Image:
+        """The render reframed as inference frames an input (``frame_fill``), at the render's resolution."""
+        from mar3d.pipeline.images import frame_object  # here: the pipeline's images module imports this one
+
+        return frame_object(image.convert("RGBA"), image.size[0], self.frame_fill, name)
+
     def _load(self, index: int) -> dict:
         """The deterministic part of an item: the image (8-bit values) and, with a cache, its latents."""
         item_id, j, view = self.items[index]
         with Image.open(layout.item_dir(self.root, item_id) / view["file"]) as im:
             # Quantized to 8 bits always, so an image is the same whether it came from memory or not
             # (and a resumed run, whose memory fills in another order, sees the same values).
-            out = {"image": (composite_on_white(im, self.image_size) * 255).round().to(torch.uint8)}
+            rgba = im if self.frame_fill is None else self._framed(im, f"{item_id} {view['file']}")
+            out = {"image": (composite_on_white(rgba, self.image_size) * 255).round().to(torch.uint8)}
         if self.latents is not None:
             path = self.latents / f"{item_id}{latent_cache.SUFFIX}"
             if not path.exists():

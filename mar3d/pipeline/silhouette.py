@@ -2,10 +2,12 @@
 
 A generated mesh lies in the view-aligned frame of its framed input image, and that frame has one fixed
 camera (``mar3d.data.cameras``: the camera every training view was rendered with). Projecting the mesh through
-that camera gives the outline the input image should have; its intersection-over-union with the image's
-foreground measures how well the sample follows the image in outline, size and aspect, with nothing but the
-input. Sampling several MAR-LR token sets and keeping the best-matching one is a cheap, training-free gain for a
-weak model (docs/results.md, "Candidate selection": the same F@0.1 gain as several times the training).
+that camera gives the outline the input image should have. The image's foreground, laid over that outline at the
+best centroid shift and scale (``fit_outline``: the framing fixes the outline's size only roughly, and the
+evaluation normalizes size away), has an intersection-over-union with it that measures how well the sample follows
+the image in outline and aspect, with nothing but the input. Sampling several MAR-LR token sets and keeping the
+best-matching one is a cheap, training-free gain for a weak model (docs/results.md, "Candidate selection": the
+same F@0.1 gain as several times the training); the same placement tells ``mar3d.pipeline.carve`` where to cut.
 
 The silhouette is a splat of dense surface samples on a small pixel grid, not a rasterization: at
 ``MASK_SIZE`` pixels a pixel spans 0.011-0.020 normalized units at the object (near to far side), and

@@ -110,6 +110,10 @@ class MARDataConfig:
     measure_latent_scale: bool = True  # set model.latent_scale(s) to 1/std of the training latents
     val_views: int = 2  # views per validation object
     cached_images: int = 0  # keep up to this many decoded items (image as uint8 + latents) in memory, per process
+    # Reframe each render as inference frames an input (its 2D bounding box's longest side to this fill of the
+    # image, mar3d.pipeline.images.frame_object) before it is composited: the image's scale then carries no shape
+    # information, as at inference (docs/results.md, "Session 14"). null: the renders as they are.
+    frame_fill: float | None = None
 
 
 @dataclass
@@ -123,4 +127,6 @@ class MARRunConfig:
     def validate(self) -> None:
         if self.data.views_per_object < 0 or self.data.val_views < 1 or self.data.cached_images < 0:
             raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
+        if self.data.frame_fill is not None and not 0.1 <= self.data.frame_fill <= 1.0:
+            raise ConfigError(f"data.frame_fill must be between 0.1 and 1 (or null), got {self.data.frame_fill}")
 

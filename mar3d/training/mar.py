@@ -101,7 +101,7 @@ def mar_dataset(config: MARRunConfig, root: Path, ids: list[str], views: int = 0
     return MARDataset(root, ids, pyramid=pyramid_sizes, image_size=config.data.image_size, views=views,
                       latents=config.latents or None, tokens=model.num_tokens,
                       lr_tokens=model.lr_tokens if model.stage == "hr" else None,
-                      cached_images=config.data.cached_images)
+                      cached_images=config.data.cached_images, frame_fill=config.data.frame_fill)
 
 
 def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens: int, objects: int = 16) -> float:
