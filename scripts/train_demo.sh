@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; about 100 minutes):
+# Reproduce the bundled demo model from scratch on this machine (2 CPU cores are enough; about 120 minutes):
 #   prepare (58 YCB scans + 1700 procedural household objects) -> train VAE -> train MAR-LR and MAR-HR side by side
-#   -> export to mar3d/assets/demo_model.
+#   -> fine-tune MAR-LR on framed renders -> export to mar3d/assets/demo_model.
 # Every stage resumes where it stopped when the script is run again. Wall time per stage goes to
-# $RUNS/timings.tsv. Configs: mar3d/configs/{vae,mar}/small.yaml; held-out objects: mar3d/configs/holdout/ycb.txt.
+# $RUNS/timings.tsv. Configs: mar3d/configs/{vae,mar}/small.yaml, mar3d/configs/mar/small_framed.yaml; held-out objects: mar3d/configs/holdout/ycb.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The environment scripts/setup.sh made, unless one is active already.
@@ -45,13 +45,19 @@ for s in lr hr; do
   echo "== train-mar-$s running in the background (log: $RUNS/mar_$s.log)"
 done
 for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
+# MAR-LR fine-tuned on renders framed as inference frames an input (configs/mar/small_framed.yaml): F@0.1 +0.03
+# (docs/results.md, "Session 14"). About 20 minutes on one thread.
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage finetune-mar-lr-framed mar3d train mar-lr --config small_framed \
+  --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" --vae "$RUNS/vae" --init-from "$RUNS/mar_lr" --out "$RUNS/mar_lr_framed" \
+  --no-progress $(resume_flag "$RUNS/mar_lr_framed") > "$RUNS/mar_lr_framed.log" 2>&1 \
+  || { echo "the MAR-LR fine-tune failed: see $RUNS/mar_lr_framed.log" >&2; exit 1; }
 # bf16 weights: 24 MB instead of 48 MB (loading casts them back to fp32 parameters).
 # Sampling defaults chosen for speed on 2 CPU cores (docs/benchmarks.md, "Generation with the bundled demo
 # model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings.
 # Four MAR-LR candidates, the one whose outline matches the image kept, decoded without MAR-HR: with candidate
 # selection MAR-LR alone scores the best F@0.1 and CD and is twice as fast; `--hr` runs the cascade (smoother
 # surfaces, boxier boxes), docs/results.md "Candidate selection".
-stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
+stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr_framed" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
   --set faces=50000 --set candidates=4 --set use_hr=false
 echo "demo model -> $OUT; stage times in $RUNS/timings.tsv"
