@@ -164,6 +164,23 @@ def test_bundled_configs_load_and_bad_keys_are_named():
         from_dict(MARConfig, {"width": 65, "heads": 4}, "model")
 
 
+def test_the_framed_fine_tune_config_fits_the_model_it_fine_tunes():
+    """small_framed fine-tunes a `small` MAR-LR (--init-from needs the same model) on renders framed as inference
+    frames an input (the same fill), and is a valid run config; a fill outside (0.1, 1] is refused."""
+    from mar3d.config import load_config
+    from mar3d.pipeline.images import FRAMING_FILL
+    from mar3d.training.config import MARRunConfig
+
+    framed = load_config("small_framed", MARRunConfig, "mar")
+    framed.validate()
+    assert framed.model == model_config("small")
+    assert framed.data.frame_fill == FRAMING_FILL
+    assert load_config("small", MARRunConfig, "mar").data.frame_fill is None
+    framed.data.frame_fill = 1.5
+    with pytest.raises(ConfigError, match="frame_fill"):
+        framed.validate()
+
+
 def test_stage_inputs_are_checked():
     lr_model, hr_model = tiny("lr"), tiny("hr")
     images, latents, _ = inputs(lr_model, 2)
