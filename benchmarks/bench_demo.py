@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 
 from bench_prepare import cpu_model  # this folder's scripts share it
-from mar3d.pipeline.pipeline import MAR3DPipeline
+from mar3d.pipeline.pipeline import TIMING_STAGES, MAR3DPipeline
 from mar3d.utils.precision import cpu_has_fast_bf16
 from mar3d.pipeline.settings import DEMO_MODEL_DIR, QUALITY_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15.0  # per image, fast preset, after the first (issue 16)
-STAGES = ("preprocess", "encoder", "lr", "select", "hr", "decode", "marching_cubes", "postprocess")
 
 
 def machine() -> dict:
@@ -53,14 +52,14 @@ def run_variant(pipeline: MAR3DPipeline, images: list[Path], settings: dict, mes
     for image in images:
         [result] = pipeline(image, seed=0, **settings)
         rows.append({"image": image.stem, "status": result.status, "faces": len(result.mesh.faces),
-                     **{k: result.timings.get(k, 0.0) for k in (*STAGES, "total")}})
+                     **{k: result.timings.get(k, 0.0) for k in (*TIMING_STAGES, "total")}})
         if meshes is not None and result.ok:
             meshes.mkdir(parents=True, exist_ok=True)
             result.mesh.export(meshes / f"{image.stem}.glb")
     steady = rows[1:] or rows
     return {"settings": settings, "first_image_seconds": rows[0]["total"],
             "mean_seconds": statistics.mean(r["total"] for r in steady),
-            "stage_means": {k: statistics.mean(r[k] for r in steady) for k in STAGES},
+            "stage_means": {k: statistics.mean(r[k] for r in steady) for k in TIMING_STAGES},
             "mean_faces": statistics.mean(r["faces"] for r in rows), "images": rows}
 
 

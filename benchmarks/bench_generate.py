@@ -5,8 +5,8 @@ Builds a pipeline from freshly initialised models of a config (weights do not ch
 the number of grid cells near the surface: random decoders give a field with some surface), generates a
 mesh from one rendered view, and reports:
 
-- the stage breakdown of ``GenerationResult.timings`` (preprocess, encoder, MAR-LR, MAR-HR, decode,
-  marching cubes, post-processing) as fractions of the total;
+- the stage breakdown of ``GenerationResult.timings`` (``TIMING_STAGES``: preprocess, encoder, MAR-LR, MAR-HR,
+  carving, decode, marching cubes, post-processing) as fractions of the total;
 - the sampler overhead: the share of MAR sampling time spent outside the networks (the MAE transformer
   and the diffusion head), i.e. in ordering, masking, gathering and the diffusion update arithmetic.
   Measured with forward hooks in the same run. Target (issue 6): report it; small is good.
@@ -29,7 +29,7 @@ from PIL import Image
 from mar3d.config import load_config
 from mar3d.models.mar import MAR
 from mar3d.models.vae import PyramidVAE
-from mar3d.pipeline.pipeline import MAR3DPipeline, SamplingDefaults
+from mar3d.pipeline.pipeline import TIMING_STAGES, MAR3DPipeline, SamplingDefaults
 from mar3d.training.config import MARRunConfig, VAERunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def main() -> None:
     t = result.timings
     sampling = t["lr"] + t["hr"] + t["encoder"]
     overhead = max(0.0, sampling - networks.seconds) / sampling
-    stages = [k for k in ("preprocess", "encoder", "lr", "hr", "decode", "marching_cubes", "postprocess") if k in t]
+    stages = [k for k in TIMING_STAGES if k in t]
     out = {"config": args.config, "dtype": args.dtype, "threads": torch.get_num_threads(), "status": result.status,
            "seconds": t, "fractions": {k: t[k] / t["total"] for k in stages},
            "sampler_overhead_fraction": overhead, "settings": vars(args) | {"image": str(args.image)}}

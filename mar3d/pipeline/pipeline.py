@@ -90,6 +90,10 @@ class ConditionImage:
     seconds: float = 0.0  # preprocessing time
 
 
+# The stages ``GenerationResult.timings`` may hold, in pipeline order (each present when its stage ran), then "total".
+TIMING_STAGES = ("preprocess", "encoder", "lr", "select", "hr", "carve", "decode", "marching_cubes", "postprocess")
+
+
 @dataclass
 class GenerationResult:
     """One image's mesh, in the view-aligned normalized frame (the object as seen in the image).
