@@ -16,7 +16,8 @@ from mar3d.utils import precision as precision_module
 from mar3d.pipeline.pipeline import MAR3DPipeline, stage_dtypes, stage_names
 from mar3d.pipeline.settings import SamplingDefaults
 
-TIMINGS = {"preprocess", "encoder", "lr", "hr", "decode", "marching_cubes", "postprocess", "total"}
+# carve: the default carves by the outline (one candidate: its own coarse decode for the placement)
+TIMINGS = {"preprocess", "encoder", "lr", "hr", "carve", "decode", "marching_cubes", "postprocess", "total"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
