@@ -16,7 +16,7 @@ of radius 0.95, area 11), so the splat has few holes, and it needs neither GL no
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import trimesh
@@ -98,6 +98,6 @@ def fit_outline(outline: np.ndarray, target: np.ndarray) -> OutlineFit:
         return OutlineFit(0.0, 1.0, np.full(2, 0.5), np.full(2, 0.5))
     centres = mask_centre(target), mask_centre(outline)
     area_scale = float(np.sqrt(np.count_nonzero(outline) / np.count_nonzero(target)))
-    fits = [OutlineFit(0.0, area_scale * float(k), *centres) for k in FIT_SCALES]
-    return max((OutlineFit(mask_iou(outline, place_outline(target, f)), f.scale, *centres) for f in fits),
-               key=lambda f: f.iou)  # the first of equals
+    placements = [OutlineFit(0.0, area_scale * float(k), *centres) for k in FIT_SCALES]
+    scored = [replace(f, iou=mask_iou(outline, place_outline(target, f))) for f in placements]
+    return max(scored, key=lambda f: f.iou)  # the first of equals
