@@ -7,8 +7,8 @@
 #      the known cameras (exact alignment)
 #   4. the VAE ceiling: reconstruct the held-out objects from their own surface (512 tokens) and evaluate
 #   5. the picture (docs/images/results.png) and the table (RUNS/eval/results.md)
-# Needs the prepared data of scripts/train_demo.sh (runs/prepared). The ablation trains against the VAE and MAR-LR
-# runs in runs/demo when they are there, else against the model's own (bf16) VAE and MAR-LR. Every stage skips
+# Needs the prepared data of scripts/train_demo.sh (runs/prepared). The ablation trains against the VAE run in
+# runs/demo when it is there, else against the model's own (bf16) VAE, and shares the model's MAR-LR. Every stage skips
 # what it already finished. ABLATION=0 skips the ablation (1. and (c)): its MAR-HR costs as long as the model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,10 @@ RUNS=${RUNS:-runs/demo}
 MODEL=${MODEL:-mar3d/assets/demo_model}
 PREPARED=runs/prepared/ycb
 EVAL=$RUNS/eval
-# The VAE and MAR-LR the ablation shares with the model: train_demo.sh's runs, else the bundled weights.
+# The VAE the ablation trains against: train_demo.sh's run, else the bundled weights. Its MAR-LR is the model's own
+# (the same weights as (b), whichever train_demo.sh stage made them).
 VAE=$([ -e "$RUNS/vae/model" ] && echo "$RUNS/vae" || echo "$MODEL/vae")
-MAR_LR=$([ -e "$RUNS/mar_lr/model" ] && echo "$RUNS/mar_lr" || echo "$MODEL/mar_lr")
+MAR_LR=$MODEL/mar_lr
 read -ra SEEDS <<< "${SEEDS:-0 1 2 3 4 5}"
 ABLATION=${ABLATION:-1}
 # Extra `mar3d generate` options for every variant (default: none, the model's fast defaults).
