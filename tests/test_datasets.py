@@ -100,36 +100,6 @@ def test_mar_items_can_be_framed_as_inference_frames_an_input(prepared):
         assert bbox_fill(foreground(plain[index]["image"])) == pytest.approx(render_fill, abs=0.02)
 
 
-def test_scale_jitter_rescales_the_framed_object_within_its_range(prepared):
-    """scale_jitter draws a size factor in [1 - j, 1 + j] per draw (torch's RNG: the same seed, the same
-    images); the object stays centred on white, and the latents' pose (the rotation) is untouched."""
-    from mar3d.pipeline.images import bbox_fill
-
-    ids = WATERTIGHT_YCB[:1]
-    framed = MARDataset(prepared, ids=ids, image_size=224, frame_fill=0.7)
-    jittered = MARDataset(prepared, ids=ids, image_size=224, frame_fill=0.7, scale_jitter=0.2)
-    foreground = lambda im: ((im < 0.98).any(dim=0).numpy() * 255).astype(np.uint8)
-    torch.manual_seed(0)
-    draws = [jittered[0] for _ in range(8)]
-    fills = [bbox_fill(foreground(item["image"])) for item in draws]
-    assert all(0.7 * 0.8 - 0.02 <= fill <= 0.7 * 1.2 + 0.02 for fill in fills)
-    assert max(fills) - min(fills) > 0.05  # the draws differ
-    assert all(torch.equal(item["rotation"], framed[0]["rotation"]) for item in draws)
-    corners = torch.stack([item["image"][:, :8, :8] for item in draws])
-    assert corners.min() > 0.99  # white comes in at the edges
-    torch.manual_seed(0)
-    assert torch.equal(jittered[0]["image"], draws[0]["image"])
-    # a run's validation sets are not augmented
-    from mar3d.config import load_config
-    from mar3d.training.config import MARRunConfig
-    from mar3d.training.mar import mar_dataset
-
-    config = load_config("small_framed", MARRunConfig, "mar")
-    config.data.scale_jitter = 0.2
-    assert mar_dataset(config, prepared, ids).scale_jitter == 0.2
-    assert mar_dataset(config, prepared, ids, train=False).scale_jitter == 0.0
-
-
 def test_datasets_refuse_unknown_ids_and_empty_directories(prepared, tmp_path):
     with pytest.raises(ValueError, match="not prepared"):
         VAEDataset(prepared, ids=["no_such_object"])

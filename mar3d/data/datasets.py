@@ -31,16 +31,6 @@ def torch_seeded_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
-def rescale_about_centre(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """(3, H, W) image on white, its content scaled by ``factor`` about the image centre (bilinear); what
-    leaves the frame is cut, what enters it is white."""
-    theta = torch.tensor([[1.0 / factor, 0.0, 0.0], [0.0, 1.0 / factor, 0.0]])
-    grid = torch.nn.functional.affine_grid(theta[None], [1, *image.shape], align_corners=False)
-    # grid_sample pads with zeros: sample the ink (1 - image) so that the padding is white
-    ink = torch.nn.functional.grid_sample(1.0 - image[None], grid, mode="bilinear", align_corners=False)
-    return 1.0 - ink[0]
-
-
 def draw_pyramid(points: np.ndarray, normals: np.ndarray, sizes: Sequence[int],
                  rng: np.random.Generator) -> list[torch.Tensor]:
     """Nested random subsets of the surface pool: level k+1 is a subset of level k.
@@ -165,11 +155,9 @@ class MARDataset(_PreparedItems):
 
     def __init__(self, root, ids=None, exclude=(), pyramid: Sequence[int] = DEFAULT_PYRAMID, image_size: int = 224,
                  views: int = 0, latents: str | Path | None = None, tokens: int | None = None,
-                 lr_tokens: int | None = None, cached_images: int = 0, frame_fill: float | None = None,
-                 scale_jitter: float = 0.0):
+                 lr_tokens: int | None = None, cached_images: int = 0, frame_fill: float | None = None):
         super().__init__(root, ids, exclude)
         self.pyramid, self.image_size, self.frame_fill = tuple(pyramid), image_size, frame_fill
-        self.scale_jitter = scale_jitter
         self.items: list[tuple[str, int, dict]] = []
         for item_id in self.ids:
             item_views = layout.read_views(self.root, item_id)
@@ -224,11 +212,7 @@ class MARDataset(_PreparedItems):
             loaded = self._load(index)
             if len(self._memory) < self.cached_images:
                 self._memory[index] = loaded
-        image = loaded["image"].float() / 255
-        if self.scale_jitter:
-            factor = 1.0 + self.scale_jitter * (2.0 * float(torch.rand(())) - 1.0)
-            image = rescale_about_centre(image, factor)
-        out = dict(loaded, image=image, id=item_id, view=j,
+        out = dict(loaded, image=loaded["image"].float() / 255, id=item_id, view=j,
                    rotation=torch.from_numpy(view["rotation"].astype(np.float32)))
         if self.latents is None:
             s = layout.read_samples(self.root, item_id)

@@ -114,9 +114,6 @@ class MARDataConfig:
     # image, mar3d.pipeline.images.frame_object) before it is composited: the image's scale then carries no shape
     # information, as at inference (docs/results.md, "Session 14"). null: the renders as they are.
     frame_fill: float | None = None
-    # Training images only: each time an item is drawn, its image is scaled about the centre by a random
-    # factor in [1 - j, 1 + j] (white comes in at the edges): an augmentation of the framed object's size.
-    scale_jitter: float = 0.0
 
 
 @dataclass
@@ -132,6 +129,4 @@ class MARRunConfig:
             raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
         if self.data.frame_fill is not None and not 0.1 <= self.data.frame_fill <= 1.0:
             raise ConfigError(f"data.frame_fill must be between 0.1 and 1 (or null), got {self.data.frame_fill}")
-        if not 0.0 <= self.data.scale_jitter < 0.5:
-            raise ConfigError(f"data.scale_jitter must be in [0, 0.5), got {self.data.scale_jitter}")
 

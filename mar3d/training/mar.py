@@ -94,16 +94,14 @@ def _collate(items: list[dict]) -> dict:
 
 
 def mar_dataset(config: MARRunConfig, root: Path, ids: list[str], views: int = 0,
-                pyramid_sizes: tuple[int, ...] = (), train: bool = True) -> MARDataset:
+                pyramid_sizes: tuple[int, ...] = ()) -> MARDataset:
     """The run's (object, view) pairs of one prepared directory: cached latents when the run has a cache,
-    else surface pyramids of the VAE's ``pyramid_sizes`` for it to encode. Validation sets (``train``
-    false) get no augmentation."""
+    else surface pyramids of the VAE's ``pyramid_sizes`` for it to encode."""
     model = config.model
     return MARDataset(root, ids, pyramid=pyramid_sizes, image_size=config.data.image_size, views=views,
                       latents=config.latents or None, tokens=model.num_tokens,
                       lr_tokens=model.lr_tokens if model.stage == "hr" else None,
-                      cached_images=config.data.cached_images, frame_fill=config.data.frame_fill,
-                      scale_jitter=config.data.scale_jitter if train else 0.0)
+                      cached_images=config.data.cached_images, frame_fill=config.data.frame_fill)
 
 
 def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens: int, objects: int = 16) -> float:
@@ -171,8 +169,7 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
     sets = {}
     for name, chosen, views in (("train", selection.train, config.data.views_per_object),
                                 ("val", selection.val, config.data.val_views)):
-        sets[name] = ConcatDataset([mar_dataset(config, root, ids, views, vae.config.pyramid_sizes(),
-                                                train=name == "train")
+        sets[name] = ConcatDataset([mar_dataset(config, root, ids, views, vae.config.pyramid_sizes())
                                     for root, ids in chosen.items()])
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
