@@ -45,8 +45,8 @@ for s in lr hr; do
   echo "== train-mar-$s running in the background (log: $RUNS/mar_$s.log)"
 done
 for pid in "${pids[@]}"; do wait "$pid" || { echo "an MAR stage failed: see $RUNS/mar_*.log" >&2; exit 1; }; done
-# MAR-LR fine-tuned on renders framed as inference frames an input (configs/mar/small_framed.yaml): F@0.1 +0.03
-# (docs/results.md, "Session 14"). About 20 minutes on one thread.
+# MAR-LR fine-tuned on renders framed as inference frames an input (configs/mar/small_framed.yaml): F@0.1 +0.016,
+# F@0.02 +0.053 over six seeds (docs/results.md, "Session 14"). About 20 minutes on one thread.
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage finetune-mar-lr-framed mar3d train mar-lr --config small_framed \
   --data "${DATA[@]}" --exclude "${HOLDOUT[@]}" --vae "$RUNS/vae" --init-from "$RUNS/mar_lr" --out "$RUNS/mar_lr_framed" \
   --no-progress $(resume_flag "$RUNS/mar_lr_framed") > "$RUNS/mar_lr_framed.log" 2>&1 \
