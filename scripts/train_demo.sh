@@ -56,7 +56,8 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 stage finetune-mar-lr-framed mar3d train mar
 # model"): a few seconds per image; `mar3d generate --quality high` gives back the release's settings.
 # Four MAR-LR candidates, the one whose outline matches the image kept, decoded without MAR-HR: with candidate
 # selection MAR-LR alone scores the best F@0.1 and CD and is twice as fast; `--hr` runs the cascade (smoother
-# surfaces, boxier boxes), docs/results.md "Candidate selection".
+# surfaces, boxier boxes), docs/results.md "Candidate selection". Carving by the image's outline and filling it
+# where the mesh leaves it uncovered (carve, fill) are export's defaults (docs/generate.md).
 stage export mar3d export --vae "$RUNS/vae" --mar-lr "$RUNS/mar_lr_framed" --mar-hr "$RUNS/mar_hr" --out "$OUT" \
   --dtype bfloat16 --overwrite --set lr_steps=16 --set hr_steps=16 --set diffusion_steps=50 --set resolution=128 \
   --set faces=50000 --set candidates=4 --set use_hr=false

@@ -85,6 +85,22 @@ def classic(name: str) -> Path:
     return path
 
 
+def mesh_in_view_frame(prepared: Path, item_id: str, view: int):
+    """The prepared item's source mesh, normalized and turned into view ``view``'s frame, as prepare did."""
+    import numpy as np
+
+    from mar3d.data import layout
+    from mar3d.data.mesh_io import load_mesh
+    from mar3d.data.normalize import normalization_matrix
+
+    meta = layout.read_meta(prepared, item_id)
+    mesh = load_mesh(meta["source"]).geometry
+    mesh.apply_transform(normalization_matrix(np.asarray(meta["center"]), meta["scale"]))
+    rotation = np.eye(4)
+    rotation[:3, :3] = layout.read_views(prepared, item_id)[view]["rotation"]
+    return mesh.apply_transform(rotation)
+
+
 # ------------------------------------------------------------------------------- fixture stages
 STAGE_TAIL_LINES = 15
 

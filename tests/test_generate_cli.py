@@ -212,27 +212,29 @@ def test_a_models_use_hr_default_and_the_hr_flags(tiny_vae_run, tiny_mar_lr_run,
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_models_candidates_and_carve_defaults_and_their_flags(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run,
-                                                                inputs, tmp_path, capsys):
+def test_a_models_candidates_carve_and_fill_defaults_and_their_flags(tiny_vae_run, tiny_mar_lr_run, tiny_mar_hr_run,
+                                                                     inputs, tmp_path, capsys):
     """pipeline.json's candidates (as the bundled demo's) selects among MAR-LR samples and its carve clips the mesh
-    to the outline; --candidates and --carve / --no-carve override them, --verbose says what was done, and a bad
-    count is a one-line error."""
+    to the outline; --candidates, --carve / --no-carve and --fill / --no-fill override them, --verbose says what was
+    done, and a bad count is a one-line error."""
     model = tmp_path / "two_candidates"
     status, text = cli(capsys, "export", "--vae", tiny_vae_run, "--mar-lr", tiny_mar_lr_run, "--mar-hr",
                        tiny_mar_hr_run, "--out", model, "--set", "candidates=2", "--set", "resolution=32",
                        "--set", "carve=false")
     assert status == 0, text
     defaults = json.loads((model / PIPELINE_FILE).read_text())["defaults"]
-    assert defaults["candidates"] == 2 and defaults["carve"] is False
+    assert defaults["candidates"] == 2 and defaults["carve"] is False and defaults["fill"] is True  # export's default
     image = inputs["good"][0]
     for flags, kept, carved in (((), "of 2 kept", False), (("--candidates", 3, "--carve"), "of 3 kept", True),
-                                (("--candidates", 1, "--no-carve"), None, False)):
+                                (("--candidates", 1, "--no-carve"), None, False),
+                                (("--candidates", 1, "--carve", "--no-fill"), None, True)):
         status, text = cli(capsys, "generate", image, "--model", model, "--out", tmp_path / f"c{len(flags)}{kept}",
                            "--no-hr", "--verbose", "--no-progress", *flags)
         assert status == 0 and "generated 1" in text, text
         selected = "candidate selection" in text and "kept (silhouette IoU" in text  # the --verbose timing line
         assert (selected and kept in text) if kept else not selected, (flags, text)
         assert ("outline fit" in text and "carved by the outline (IoU" in text) == carved, (flags, text)
+        assert "filled" not in text or "--no-fill" not in flags and carved, (flags, text)  # filling is part of carving
     status, text = cli(capsys, "generate", image, "--model", model, "--out", tmp_path / "bad", "--candidates", 0)
     assert status == 2 and "candidates must be >= 1" in text
 

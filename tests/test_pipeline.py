@@ -16,7 +16,7 @@ from mar3d.utils import precision as precision_module
 from mar3d.pipeline.pipeline import MAR3DPipeline, stage_dtypes, stage_names
 from mar3d.pipeline.settings import SamplingDefaults
 
-# carve: the default carves by the outline (one candidate: its own coarse decode for the placement)
+# carve: the default carves (and fills) by the outline (one candidate: its own coarse decode for the placement)
 TIMINGS = {"preprocess", "encoder", "lr", "hr", "carve", "decode", "marching_cubes", "postprocess", "total"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,24 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import mesh_in_view_frame
 from mar3d.config import ConfigError
 from mar3d.data import layout
-from mar3d.data.mesh_io import load_mesh
-from mar3d.data.normalize import normalization_matrix
 from mar3d.pipeline.pipeline import MAR3DPipeline
 from mar3d.pipeline.silhouette import foreground_mask, mask_iou, silhouette
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def mesh_in_view_frame(prepared, item_id: str, view: int):
-    """The prepared item's source mesh, normalized and turned into view ``view``'s frame, as prepare did."""
-    meta = layout.read_meta(prepared, item_id)
-    mesh = load_mesh(meta["source"]).geometry
-    mesh.apply_transform(normalization_matrix(np.asarray(meta["center"]), meta["scale"]))
-    rotation = np.eye(4)
-    rotation[:3, :3] = layout.read_views(prepared, item_id)[view]["rotation"]
-    return mesh.apply_transform(rotation)
 
 
 def view_image(prepared, item_id: str, view: int) -> Image.Image:
@@ -84,3 +73,4 @@ def test_candidates_are_checked(pipeline, prepared):
         pipeline(image, candidates=0)
     with pytest.raises(ConfigError, match="candidates must be at most 32"):
         pipeline(image, candidates=33)
+

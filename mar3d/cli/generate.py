@@ -17,7 +17,7 @@ TIMING_KEYS = (("preprocess", "preprocess"), ("encoder", "encoder"), ("lr", "MAR
                ("marching_cubes", "marching cubes"), ("postprocess", "post-process"))
 STAGE_LABELS = {"preprocess": "MAR-LR", "lr": "MAR-HR", "hr": "mesh"}  # the stage that follows each one
 SETTINGS = ("lr_steps", "hr_steps", "cfg", "temperature", "diffusion_steps", "resolution", "faces", "use_hr",
-            "candidates", "carve")
+            "candidates", "carve", "fill")
 
 
 def _model_default(name: str) -> str:
@@ -76,6 +76,10 @@ def add_parser(sub, name: str) -> None:
                    help="cut away whatever the mesh has outside the image's outline (the object's outline laid over "
                         "the mesh's silhouette seen by the training camera; --no-carve keeps the decoded field as it "
                         f"is) ({_model_default('carve')})")
+    p.add_argument("--fill", action=argparse.BooleanOptionalAction,
+                   help="with carving, also fill the image's outline where the mesh leaves it uncovered, between the "
+                        "front and back depths of the nearest part the mesh has (--no-fill: carve only) "
+                        f"({_model_default('fill')})")
     p.add_argument("--preview", action="store_true", help="also write a PNG of normal-map renders from 4 views")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (otherwise they are kept)")
     p.add_argument("--verbose", action="store_true", help="print each image's timing breakdown")
@@ -120,6 +124,8 @@ def _timing_line(name: str, result) -> str:
         line += f"; candidate {result.candidate + 1} of {len(result.candidate_scores)} kept (silhouette IoU {scores})"
     if result.outline is not None:
         line += f"; carved by the outline (IoU {result.outline.iou:.3f} before, scaled {result.outline.scale:.2f})"
+        if result.filled:
+            line += f", {result.filled:.0%} of it filled"
     return line
 
 

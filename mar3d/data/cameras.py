@@ -79,13 +79,20 @@ def view_rotations(count: int, rng: np.random.Generator, up_axis: str = "y") -> 
     return views
 
 
-def project(points_view, K: np.ndarray, cam_to_world: np.ndarray):
-    """Pixel coordinates (..., 2) (x right, y down) of view-frame points (..., 3) seen by the camera; a numpy
-    array or a torch tensor (computed in its dtype, on its device)."""
+def project_with_depth(points_view, K: np.ndarray, cam_to_world: np.ndarray):
+    """Pixel coordinates (..., 2) (x right, y down) of view-frame points (..., 3) seen by the camera, and their
+    depths (...,) along its viewing direction (larger is farther); a numpy array or a torch tensor (computed in
+    its dtype, on its device)."""
     world_to_cam = np.linalg.inv(cam_to_world)
     flip = np.diag([1.0, -1.0, -1.0])  # OpenGL camera -> OpenCV camera
     rotation, translation = K @ flip @ world_to_cam[:3, :3], K @ flip @ world_to_cam[:3, 3]
     if not isinstance(points_view, np.ndarray):  # a torch tensor
         rotation, translation = (points_view.new_tensor(m) for m in (rotation, translation))
-    uvw = points_view @ rotation.T + translation
-    return uvw[..., :2] / uvw[..., 2:3]
+    uvw = points_view @ rotation.T + translation  # K's last row is (0, 0, 1): w is the depth
+    return uvw[..., :2] / uvw[..., 2:3], uvw[..., 2]
+
+
+def project(points_view, K: np.ndarray, cam_to_world: np.ndarray):
+    """Pixel coordinates (..., 2) (x right, y down) of view-frame points (..., 3) seen by the camera; a numpy
+    array or a torch tensor (computed in its dtype, on its device)."""
+    return project_with_depth(points_view, K, cam_to_world)[0]

@@ -61,3 +61,8 @@ def outline_carver(framed: Image.Image, fit: OutlineFit | None = None, size: int
         return torch.minimum(logits, SLOPE * inside[:, 0, :, 0])
 
     return carve
+
+
+def chain(first: FieldCarver, then: FieldCarver) -> FieldCarver:
+    """One field constraint that applies ``first``, then ``then``."""
+    return lambda points, logits: then(points, first(points, logits))

@@ -14,7 +14,8 @@ Stages, per image: preprocess (``images.preprocess``) -> image encoder + MAR-LR 
 matches the input kept: ``silhouette``) -> MAR-HR
 (N_hr tokens; the LR tokens are condition-augmented at t = 0.5 inside MAR-HR) -> hierarchical extraction
 (VAE decoder + marching cubes; with ``carve``, the field clipped to the input's outline laid over the mesh's
-coarse silhouette: ``carve``) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
+coarse silhouette: ``carve``, and with ``fill`` first filled where the mesh leaves that outline uncovered:
+``fill``) -> post-processing. With ``use_hr=False`` (a call's, or the model's default)
 the LR tokens are decoded.
 
 Images go through the stages one at a time, and each image's result is ready (``generate`` yields it) as
@@ -49,7 +50,8 @@ from mar3d.models.image_encoder import ClipDinov2Encoder
 from mar3d.models.io import load_mar, load_vae
 from mar3d.models.mar import MAR, MARConfig
 from mar3d.models.vae import PyramidVAE, VAEConfig
-from mar3d.pipeline.carve import FieldCarver, outline_carver
+from mar3d.pipeline.carve import FieldCarver, chain, outline_carver
+from mar3d.pipeline.fill import FILL_RESOLUTION, outline_filler
 from mar3d.pipeline.images import preprocess
 from mar3d.pipeline.silhouette import SELECTION_RESOLUTION, OutlineFit, fit_outline, foreground_mask, silhouette
 # Re-exported: what callers of the pipeline module have always found here.
@@ -118,6 +120,7 @@ class GenerationResult:
     candidate_scores: list[float] | None = None  # each MAR-LR candidate's silhouette IoU (candidates > 1)
     candidate: int = 0  # the index of the candidate kept
     outline: OutlineFit | None = None  # with carve: how the input's outline lay over the uncarved mesh
+    filled: float = 0.0  # with fill: the share of that outline the mesh left uncovered and the filling filled
 
     @property
     def ok(self) -> bool:
@@ -298,13 +301,20 @@ class MAR3DPipeline:
         return kept, scores, fits[kept]
 
     def carver(self, latents: torch.Tensor, condition: ConditionImage, timings: dict,
-               fit: OutlineFit | None = None) -> tuple[FieldCarver | None, OutlineFit]:
-        """The carving of one image's latents (1, N, C) by its input's outline laid over their silhouette, and
-        that placement (``fit``, when selection already found it). Adds the time to ``timings["carve"]``."""
+               fit: OutlineFit | None = None, fill: bool = False) -> tuple[FieldCarver | None, OutlineFit, float]:
+        """The carving of one image's latents (1, N, C) by its input's outline laid over their silhouette, that
+        placement (``fit``, when selection already found it), and the share of the outline filled: with ``fill``
+        the outline is first filled where the mesh (decoded on a ``FILL_RESOLUTION`` grid) leaves it uncovered
+        (``fill.outline_filler``). Adds the time to ``timings["carve"]``."""
         with self._timed(timings, "carve"):
             if fit is None:
                 [fit] = self.fit_outlines(latents, condition)
-            return outline_carver(condition.preview, fit), fit
+            carve, filled = outline_carver(condition.preview, fit), 0.0
+            if fill and carve is not None:
+                [coarse] = latents_to_meshes(self.vae, latents, resolution=FILL_RESOLUTION, dtype=self.decoder_dtype)
+                filler, filled = outline_filler(coarse.mesh, condition.preview, fit)
+                carve = carve if filler is None else chain(filler, carve)
+            return carve, fit, filled
 
     def __call__(self, images, seed: int | Sequence[int] = 0, **options) -> list[GenerationResult]:
         """Generate one mesh per image (see ``generate``); returns the results in order."""
@@ -378,7 +388,8 @@ class MAR3DPipeline:
                     latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
                     fit = None  # MAR-HR's mesh has its own silhouette
                     done("hr", i)
-                carve, fit = self.carver(latents, condition, timings, fit) if chosen.carve else (None, None)
+                carve, fit, filled = (self.carver(latents, condition, timings, fit, chosen.fill) if chosen.carve
+                                      else (None, None, 0.0))
                 mesh, status, queries, watertight = self.extract(latents, chosen, timings, carve)
                 done("mesh", i)
                 bar.update()
@@ -386,7 +397,7 @@ class MAR3DPipeline:
                 yield GenerationResult(
                     condition.name, mesh, condition.preview, status, seeds[i], timings, queries, watertight,
                     latents[0].cpu() if return_latents else None, lr[0].cpu() if return_latents else None,
-                    scores, kept, fit)
+                    scores, kept, fit, filled)
         finally:
             bar.close()
 

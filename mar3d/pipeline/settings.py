@@ -54,6 +54,10 @@ class SamplingDefaults:
     # Clip the decoded field to the input's outline laid over the mesh's silhouette (mar3d.pipeline.carve): nothing
     # of the mesh outside the cone of rays through the object's pixels. Needs no training; costs a coarse decode.
     carve: bool = True
+    # With carve: first fill the outline where the mesh leaves it uncovered, between the front and back depths of the
+    # nearest part the mesh has (mar3d.pipeline.fill): the parts a sample lacks, at a guessed depth. Needs no
+    # training; costs a coarse decode.
+    fill: bool = True
 
     def validate(self) -> None:
         for name in ("lr_steps", "hr_steps", "diffusion_steps", "image_size", "candidates"):
@@ -63,7 +67,7 @@ class SamplingDefaults:
             raise ConfigError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
         if self.diffusion_steps > 1000:
             raise ConfigError(f"diffusion_steps must be <= 1000 (the trained schedule), got {self.diffusion_steps}")
-        for name in ("use_hr", "carve"):
+        for name in ("use_hr", "carve", "fill"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.cfg <= 0 or self.temperature <= 0:

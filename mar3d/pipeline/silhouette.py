@@ -23,7 +23,7 @@ import trimesh
 from PIL import Image
 from scipy import ndimage
 
-from mar3d.data.cameras import camera_to_world, intrinsics, project
+from mar3d.data.cameras import camera_to_world, intrinsics, project_with_depth
 from mar3d.pipeline.images import FOREGROUND_ALPHA
 
 MASK_SIZE = 128  # pixels per side of the compared masks
@@ -39,6 +39,17 @@ def foreground_mask(framed: Image.Image, size: int = MASK_SIZE) -> np.ndarray:
     return np.asarray(alpha) >= FOREGROUND_ALPHA
 
 
+def splat(mesh: trimesh.Trimesh, size: int = MASK_SIZE, points: int = SILHOUETTE_POINTS
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Surface samples of a mesh with faces, seen by the training camera: (P, 2) int pixels (x, y) of those that
+    land in the (size, size) image, and their (P,) depths. Deterministic: the samples are drawn with a fixed seed."""
+    samples, _ = trimesh.sample.sample_surface(mesh, points, seed=0)
+    pixels, depths = project_with_depth(np.asarray(samples), intrinsics(size), camera_to_world())
+    pixels = np.floor(pixels).astype(int)
+    inside = np.all((pixels >= 0) & (pixels < size), axis=1)
+    return pixels[inside], depths[inside]
+
+
 def silhouette(mesh: trimesh.Trimesh, size: int = MASK_SIZE, points: int = SILHOUETTE_POINTS) -> np.ndarray:
     """(size, size) bool: the pixels the mesh covers, seen by the training camera (all False without faces).
 
@@ -47,10 +58,8 @@ def silhouette(mesh: trimesh.Trimesh, size: int = MASK_SIZE, points: int = SILHO
     mask = np.zeros((size, size), dtype=bool)
     if len(mesh.faces) == 0:
         return mask
-    samples, _ = trimesh.sample.sample_surface(mesh, points, seed=0)
-    pixels = np.floor(project(np.asarray(samples), intrinsics(size), camera_to_world())).astype(int)  # (P, 2) x, y
-    inside = np.all((pixels >= 0) & (pixels < size), axis=1)
-    mask[pixels[inside, 1], pixels[inside, 0]] = True
+    pixels, _ = splat(mesh, size, points)
+    mask[pixels[:, 1], pixels[:, 0]] = True
     return mask
 
 

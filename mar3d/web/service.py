@@ -150,7 +150,8 @@ class WebGenerator:
             stages.append(f"best outline of {len(result.candidate_scores)} candidates {t['select']:.1f} s")
         stages += [f"MAR-HR {t['hr']:.1f} s"] if "hr" in t else []
         mesh_seconds = t['decode'] + t['marching_cubes'] + t['postprocess'] + t.get('carve', 0.0)
-        stages.append(f"mesh{' carved by the outline' if result.outline else ''} {mesh_seconds:.1f} s")
+        carved = (' carved by the outline' + (' and filled' if result.filled else '')) if result.outline else ''
+        stages.append(f"mesh{carved} {mesh_seconds:.1f} s")
         summary = (f"{condition.name}: {len(result.mesh.faces):,} faces"
                    f"{', watertight' if result.watertight else ''}; seed {result.seed}; "
                    f"{t['total']:.1f} s ({', '.join(stages)})")
