@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
 from conftest import mesh_in_view_frame
@@ -56,8 +57,9 @@ def test_a_scan_cut_in_half_is_filled_back_between_its_own_depths(prepared):
     assert filled[inside & missing].mean() > 0.7
     assert filled[~inside & missing & in_outline].mean() < 0.2
     assert not filled[~in_outline].any() and not filled[points[:, 0] > 0.05].any()  # nothing where nothing is missing
-    # A mesh that covers its whole outline needs no filling.
+    # A mesh that covers its whole outline needs no filling, and one with no surface gives no depths to borrow.
     assert outline_filler(full, image, AS_FRAMED) == (None, 0.0)
+    assert outline_filler(trimesh.Trimesh(), image, AS_FRAMED) == (None, 0.0)
 
 
 @pytest.fixture(scope="module")

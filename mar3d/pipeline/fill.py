@@ -37,8 +37,10 @@ OPENING = 2  # pixels: uncovered parts of the outline narrower than twice this a
 def depth_range(mesh: trimesh.Trimesh, size: int = MASK_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """(size, size) float64 front and back depth of the mesh per pixel of the training camera (inf and -inf where
     it covers nothing), from its splatted surface samples (``silhouette.splat``)."""
-    pixels, depths = splat(mesh, size)
     front, back = np.full((size, size), np.inf), np.full((size, size), -np.inf)
+    if len(mesh.faces) == 0:
+        return front, back
+    pixels, depths = splat(mesh, size)
     np.minimum.at(front, (pixels[:, 1], pixels[:, 0]), depths)
     np.maximum.at(back, (pixels[:, 1], pixels[:, 0]), depths)
     return front, back
