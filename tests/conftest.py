@@ -101,6 +101,15 @@ def mesh_in_view_frame(prepared: Path, item_id: str, view: int):
     return mesh.apply_transform(rotation)
 
 
+def view_image(prepared: Path, item_id: str, view: int = 0):
+    """The prepared item's conditioning view ``view`` as an RGBA Pillow image."""
+    from PIL import Image
+
+    from mar3d.data import layout
+
+    return Image.open(layout.item_dir(prepared, item_id) / "views" / f"{view:03d}.png").convert("RGBA")
+
+
 # ------------------------------------------------------------------------------- fixture stages
 STAGE_TAIL_LINES = 15
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from conftest import view_image
 from mar3d.data import layout
 from mar3d.mesh.extract import extract_meshes
 from mar3d.pipeline.carve import outline_carver, outline_distance
@@ -16,10 +17,6 @@ from mar3d.pipeline.pipeline import MAR3DPipeline
 from mar3d.pipeline.silhouette import fit_outline, foreground_mask, mask_iou, place_outline, silhouette
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def view_image(prepared, item_id: str, view: int = 0) -> Image.Image:
-    return Image.open(layout.item_dir(prepared, item_id) / "views" / f"{view:03d}.png").convert("RGBA")
 
 
 def ball(radius: float = 1.0, slope: float = 20.0):

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from PIL import Image
 
-from conftest import mesh_in_view_frame
+from conftest import mesh_in_view_frame, view_image
 from mar3d.data import layout
 from mar3d.data.cameras import CAMERA_DISTANCE, camera_to_world, intrinsics, project
 from mar3d.pipeline.fill import depth_range, outline_filler
@@ -20,10 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EMPTY = -10.0  # the logits of a field with nothing in it
 AS_FRAMED = OutlineFit(1.0, 1.0, np.full(2, 0.5), np.full(2, 0.5))  # the outline laid where it is
-
-
-def view_image(prepared, item_id: str, view: int = 0) -> Image.Image:
-    return Image.open(layout.item_dir(prepared, item_id) / "views" / f"{view:03d}.png").convert("RGBA")
 
 
 def test_depth_range_brackets_a_real_scan(prepared):

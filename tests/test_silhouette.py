@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import mesh_in_view_frame
+from conftest import mesh_in_view_frame, view_image
 from mar3d.config import ConfigError
 from mar3d.data import layout
 from mar3d.pipeline.pipeline import MAR3DPipeline
 from mar3d.pipeline.silhouette import foreground_mask, mask_iou, silhouette
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def view_image(prepared, item_id: str, view: int) -> Image.Image:
-    return Image.open(layout.item_dir(prepared, item_id) / "views" / f"{view:03d}.png").convert("RGBA")
 
 
 # (object, view, another object): the apple looks the same from every side, so only the others also check that
@@ -73,4 +68,3 @@ def test_candidates_are_checked(pipeline, prepared):
         pipeline(image, candidates=0)
     with pytest.raises(ConfigError, match="candidates must be at most 32"):
         pipeline(image, candidates=33)
-
