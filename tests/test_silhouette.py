@@ -62,6 +62,26 @@ def test_the_pipeline_keeps_the_best_matching_lr_candidate(pipeline, prepared):
     assert plain.candidate_scores is None and "select" not in plain.timings
 
 
+def test_carving_and_filling_reuse_the_kept_candidates_coarse_mesh(pipeline, prepared):
+    # Selection decodes every candidate on the coarse grid; the kept one's mesh is the one carving places the outline
+    # over and filling borrows depths from, so neither decodes again: the same carve as a fresh coarse decode gives.
+    condition = pipeline.preprocess(layout.item_dir(prepared, "011_banana") / "views" / "000.png")
+    generator = torch.Generator().manual_seed(4)
+    candidates = pipeline.sample_stage("lr", condition, generator, pipeline.settings(candidates=3), {}, copies=3)
+    timings = {}
+    kept, scores, fit, mesh = pipeline.select_candidate(candidates, condition, timings)
+    assert fit.iou == scores[kept] == max(scores) and len(mesh.faces) > 0
+    latents = candidates[kept:kept + 1]
+    [own] = pipeline.coarse_meshes(latents)
+    np.testing.assert_allclose(mesh.vertices, own.vertices, atol=1e-5)  # the batch's decode is the kept one's own
+    reused = pipeline.carver(latents, condition, timings, (fit, mesh), fill=True)
+    fresh = pipeline.carver(latents, condition, {}, None, fill=True)
+    assert reused[1] is fit and reused[2] == fresh[2] > 0 and fresh[1].iou == fit.iou
+    points = torch.rand(1, 4096, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logits = torch.zeros(1, 4096)
+    torch.testing.assert_close(reused[0](points, logits), fresh[0](points, logits))
+
+
 def test_candidates_are_checked(pipeline, prepared):
     image = layout.item_dir(prepared, "011_banana") / "views" / "000.png"
     with pytest.raises(ConfigError, match="candidates must be >= 1"):

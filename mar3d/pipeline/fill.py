@@ -28,7 +28,6 @@ from mar3d.data.cameras import camera_to_world, intrinsics, project_with_depth
 from mar3d.pipeline.carve import FieldCarver
 from mar3d.pipeline.silhouette import MASK_SIZE, OutlineFit, foreground_mask, place_outline, splat
 
-FILL_RESOLUTION = 64  # marching-cubes grid of the mesh the depths come from: finer than selection's, depths are detail
 SLOPE = 200.0  # logits per normalized unit of depth: steep next to the decoder's own slope, so the slab is crisp
 CLOSING = 2  # pixels: gaps in the splat narrower than twice this are the mesh's, not uncovered outline
 OPENING = 2  # pixels: uncovered parts of the outline narrower than twice this are left alone (see outline_filler)

@@ -51,7 +51,7 @@ from mar3d.models.io import load_mar, load_vae
 from mar3d.models.mar import MAR, MARConfig
 from mar3d.models.vae import PyramidVAE, VAEConfig
 from mar3d.pipeline.carve import FieldCarver, chain, outline_carver
-from mar3d.pipeline.fill import FILL_RESOLUTION, outline_filler
+from mar3d.pipeline.fill import outline_filler
 from mar3d.pipeline.images import preprocess
 from mar3d.pipeline.silhouette import SELECTION_RESOLUTION, OutlineFit, fit_outline, foreground_mask, silhouette
 # Re-exported: what callers of the pipeline module have always found here.
@@ -281,38 +281,40 @@ class MAR3DPipeline:
         timings["encoder"] = timings.get("encoder", 0.0) + encoder
         return latents
 
-    def fit_outlines(self, latents: torch.Tensor, condition: ConditionImage) -> list[OutlineFit]:
-        """Latent sets (B, N, C) -> how the input's foreground lies, at best, over each one's silhouette seen by the
-        training camera (``silhouette.fit_outline``), from meshes decoded on a coarse grid (an outline needs no
-        detail)."""
+    def coarse_meshes(self, latents: torch.Tensor) -> list[trimesh.Trimesh]:
+        """Latent sets (B, N, C) -> their meshes on the coarse ``SELECTION_RESOLUTION`` grid: enough for an outline
+        and for the depths the filling borrows (docs/results.md, "Session 17")."""
         results = latents_to_meshes(self.vae, latents, resolution=SELECTION_RESOLUTION, dtype=self.decoder_dtype)
-        target = foreground_mask(condition.preview)
-        return [fit_outline(silhouette(r.mesh), target) for r in results]
+        return [r.mesh for r in results]
 
     def select_candidate(self, candidates: torch.Tensor, condition: ConditionImage, timings: dict
-                         ) -> tuple[int, list[float], OutlineFit]:
+                         ) -> tuple[int, list[float], OutlineFit, trimesh.Trimesh]:
         """MAR-LR candidates (K, N_lr, C) -> the index of the one whose silhouette the input's outline fits best
-        (the first of equals), every candidate's score (the fit's IoU), and the kept one's fit.
-        Adds the time to ``timings["select"]``."""
+        (``silhouette.fit_outline``; the first of equals), every candidate's score (the fit's IoU), and the kept
+        one's fit and coarse mesh. Adds the time to ``timings["select"]``."""
         with self._timed(timings, "select"):
-            fits = self.fit_outlines(candidates, condition)
+            meshes = self.coarse_meshes(candidates)
+            target = foreground_mask(condition.preview)
+            fits = [fit_outline(silhouette(mesh), target) for mesh in meshes]
         scores = [fit.iou for fit in fits]
         kept = max(range(len(scores)), key=scores.__getitem__)
-        return kept, scores, fits[kept]
+        return kept, scores, fits[kept], meshes[kept]
 
     def carver(self, latents: torch.Tensor, condition: ConditionImage, timings: dict,
-               fit: OutlineFit | None = None, fill: bool = False) -> tuple[FieldCarver | None, OutlineFit, float]:
+               kept: tuple[OutlineFit, trimesh.Trimesh] | None = None, fill: bool = False
+               ) -> tuple[FieldCarver | None, OutlineFit, float]:
         """The carving of one image's latents (1, N, C) by its input's outline laid over their silhouette, that
-        placement (``fit``, when selection already found it), and the share of the outline filled: with ``fill``
-        the outline is first filled where the mesh (decoded on a ``FILL_RESOLUTION`` grid) leaves it uncovered
-        (``fill.outline_filler``). Adds the time to ``timings["carve"]``."""
+        placement, and the share of the outline filled: with ``fill`` the outline is first filled where the coarse
+        mesh leaves it uncovered (``fill.outline_filler``). ``kept``: the placement and coarse mesh selection
+        already made of these latents (else one coarse decode here). Adds the time to ``timings["carve"]``."""
         with self._timed(timings, "carve"):
-            if fit is None:
-                [fit] = self.fit_outlines(latents, condition)
+            if kept is None:
+                [mesh] = self.coarse_meshes(latents)
+                kept = fit_outline(silhouette(mesh), foreground_mask(condition.preview)), mesh
+            fit, mesh = kept
             carve, filled = outline_carver(condition.preview, fit), 0.0
             if fill and carve is not None:
-                [coarse] = latents_to_meshes(self.vae, latents, resolution=FILL_RESOLUTION, dtype=self.decoder_dtype)
-                filler, filled = outline_filler(coarse.mesh, condition.preview, fit)
+                filler, filled = outline_filler(mesh, condition.preview, fit)
                 carve = carve if filler is None else chain(filler, carve)
             return carve, fit, filled
 
@@ -378,17 +380,18 @@ class MAR3DPipeline:
                 generator = torch.Generator(self.device).manual_seed(seeds[i])  # one per image: see the top
                 lr = self.sample_stage("lr", condition, generator, chosen, timings, progress=progress,
                                        copies=chosen.candidates)
-                kept, scores, fit = 0, None, None
+                kept, scores, coarse = 0, None, None
                 if chosen.candidates > 1:
-                    kept, scores, fit = self.select_candidate(lr, condition, timings)
+                    kept, scores, fit, mesh = self.select_candidate(lr, condition, timings)
+                    coarse = fit, mesh
                     lr = lr[kept:kept + 1]
                 done("lr", i)
                 latents = lr
                 if chosen.use_hr:
                     latents = self.sample_stage("hr", condition, generator, chosen, timings, lr, progress)
-                    fit = None  # MAR-HR's mesh has its own silhouette
+                    coarse = None  # MAR-HR's mesh has its own silhouette
                     done("hr", i)
-                carve, fit, filled = (self.carver(latents, condition, timings, fit, chosen.fill) if chosen.carve
+                carve, fit, filled = (self.carver(latents, condition, timings, coarse, chosen.fill) if chosen.carve
                                       else (None, None, 0.0))
                 mesh, status, queries, watertight = self.extract(latents, chosen, timings, carve)
                 done("mesh", i)
