@@ -287,6 +287,13 @@ class MAR3DPipeline:
         results = latents_to_meshes(self.vae, latents, resolution=SELECTION_RESOLUTION, dtype=self.decoder_dtype)
         return [r.mesh for r in results]
 
+    @staticmethod
+    def outline_fits(meshes: list[trimesh.Trimesh], condition: ConditionImage) -> list[OutlineFit]:
+        """How the input's foreground lies, at best, over each mesh's silhouette seen by the training camera
+        (``silhouette.fit_outline``)."""
+        target = foreground_mask(condition.preview)
+        return [fit_outline(silhouette(mesh), target) for mesh in meshes]
+
     def select_candidate(self, candidates: torch.Tensor, condition: ConditionImage, timings: dict
                          ) -> tuple[int, list[float], OutlineFit, trimesh.Trimesh]:
         """MAR-LR candidates (K, N_lr, C) -> the index of the one whose silhouette the input's outline fits best
@@ -294,8 +301,7 @@ class MAR3DPipeline:
         one's fit and coarse mesh. Adds the time to ``timings["select"]``."""
         with self._timed(timings, "select"):
             meshes = self.coarse_meshes(candidates)
-            target = foreground_mask(condition.preview)
-            fits = [fit_outline(silhouette(mesh), target) for mesh in meshes]
+            fits = self.outline_fits(meshes, condition)
         scores = [fit.iou for fit in fits]
         kept = max(range(len(scores)), key=scores.__getitem__)
         return kept, scores, fits[kept], meshes[kept]
@@ -310,7 +316,8 @@ class MAR3DPipeline:
         with self._timed(timings, "carve"):
             if kept is None:
                 [mesh] = self.coarse_meshes(latents)
-                kept = fit_outline(silhouette(mesh), foreground_mask(condition.preview)), mesh
+                [fit] = self.outline_fits([mesh], condition)
+                kept = fit, mesh
             fit, mesh = kept
             carve, filled = outline_carver(condition.preview, fit), 0.0
             if fill and carve is not None:

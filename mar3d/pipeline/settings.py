@@ -56,7 +56,7 @@ class SamplingDefaults:
     carve: bool = True
     # With carve: first fill the outline where the mesh leaves it uncovered, between the front and back depths of the
     # nearest part the mesh has (mar3d.pipeline.fill): the parts a sample lacks, at a guessed depth. Needs no
-    # training; costs a coarse decode.
+    # training; borrows its depths from the coarse mesh carving is placed over (no decode of its own).
     fill: bool = True
 
     def validate(self) -> None:
