@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TEST_SETTINGS, run_mar3d
 from mar3d.data import layout
-from mar3d.data.household import FAMILIES, make_object, to_glb
+from mar3d.data.household import CAN_LIE, FAMILIES, make_object, to_glb
 from mar3d.data.mesh_io import load_mesh
 
 
@@ -48,6 +48,25 @@ def test_seeds_vary_the_shape_and_families_differ():
     values = np.array(list(signatures.values()))
     distance = np.abs(np.log(values[:, None] / values[None])).sum(axis=2)
     assert (distance + np.eye(len(FAMILIES)) * 1e9).min() > 0.05, "two families make the same objects"
+
+
+def test_a_lying_object_is_the_upright_one_laid_on_its_side():
+    for family in CAN_LIE:
+        for seed in range(3):
+            upright, lying = make_object(family, seed), make_object(family, seed, lying=True)
+            assert lying.is_watertight and lying.is_winding_consistent and lying.volume > 0, (family, seed)
+            assert lying.bounds[0, 2] == 0.0 and np.allclose(lying.bounds[:, :2].sum(axis=0), 0, atol=1e-12)
+            # The same surface moved rigidly: equal volume, edge lengths and colours.
+            assert np.isclose(lying.volume, upright.volume, rtol=1e-9), (family, seed)
+            assert np.allclose(np.sort(lying.edges_unique_length), np.sort(upright.edges_unique_length))
+            assert np.array_equal(lying.visual.vertex_colors, upright.visual.vertex_colors)
+            # Laid down: the upright object's vertical axis now points mostly sideways.
+            up = (lying.vertices - lying.vertices.mean(0)).T @ (upright.vertices - upright.vertices.mean(0))
+            rotation = np.linalg.svd(up)  # Procrustes: the rotation taking upright to lying
+            turn = rotation[0] @ rotation[2]
+            assert abs(turn[2, 2]) < 0.5, (family, seed, turn[2, 2])
+    with pytest.raises(ValueError, match="does not lie on its side"):
+        make_object("hammer", 0, lying=True)
 
 
 def test_the_mug_handle_is_a_hole_through_the_object():
@@ -100,8 +119,27 @@ def test_cli_writes_resumes_and_is_deterministic(tmp_path):
     assert (other / "mug_000000.glb").read_bytes() != before["mug_000000.glb"][0]
 
 
+def test_cli_lays_the_requested_share_on_its_side(tmp_path):
+    everything = tmp_path / "all"
+    run_mar3d("household", "--out", everything, "--count", 4, "--families", "fruit,hammer", "--lying", 1, "-q")
+    assert sorted(p.name for p in everything.iterdir()) == [
+        "fruit_lying_000000.glb", "fruit_lying_000002.glb", "hammer_000001.glb", "hammer_000003.glb"]
+    upright = tmp_path / "upright"
+    run_mar3d("household", "--out", upright, "--count", 4, "--families", "fruit,hammer", "-q")
+    assert (upright / "hammer_000001.glb").read_bytes() == (everything / "hammer_000001.glb").read_bytes()
+    lying, standing = load_mesh(everything / "fruit_lying_000000.glb"), load_mesh(upright / "fruit_000000.glb")
+    assert np.isclose(lying.geometry.volume, standing.geometry.volume, rtol=1e-6)
+    assert not np.allclose(lying.geometry.extents, standing.geometry.extents, rtol=1e-3)
+
+    half = tmp_path / "half"
+    run_mar3d("household", "--out", half, "--count", 200, "--families", "can", "--lying", 0.5, "-q")
+    share = len(list(half.glob("can_lying_*.glb"))) / 200
+    assert 0.38 < share < 0.62, share
+
+
 @pytest.mark.parametrize("args, message", [
     (["--count", "0"], "--count must be >= 1"),
+    (["--count", "2", "--lying", "1.5"], "--lying must be a share between 0 and 1"),
     (["--count", "2", "--families", "mug,spaceship"], "unknown spaceship"),
     (["--count", "2", "--families", ","], "unknown (none given)"),
 ])
