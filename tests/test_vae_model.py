@@ -41,6 +41,27 @@ def test_token_counts_and_shapes(queries):
     assert torch.equal(output.anchor_error, torch.zeros(2))  # no local decoder
 
 
+@pytest.mark.parametrize("queries, local_decoder", [("fps", True), ("learned", False)])
+def test_encoder_and_decoder_parameters_split_the_model_by_what_each_computes(queries, local_decoder):
+    """The encoder's parameters are exactly those the posterior depends on, the decoder's those the field does:
+    training the decoder alone (train.decoder_only) then cannot move a latent."""
+    config = VAEConfig(**SMALL, queries=queries, token_counts=[16, 64], local_decoder=local_decoder)
+    vae = PyramidVAE(config)
+    for p in vae.parameters():
+        torch.nn.init.normal_(p, std=0.1)  # no zero-initialised layer may hide a dependence
+    encoder, decoder = vae.encoder_parameters(), vae.decoder_parameters()
+    assert len(encoder) + len(decoder) == len(list(vae.parameters()))
+    assert {id(p) for p in encoder}.isdisjoint(id(p) for p in decoder)
+    posterior = vae.encode(real_pyramid(config), 64)
+    (posterior.mean.sum() + posterior.logvar.sum()).backward()
+    other_count = {id(vae.learned_queries["16"])} if queries == "learned" else set()  # 64 tokens were encoded
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder if id(p) not in other_count)
+    assert all(p.grad is None for p in decoder)
+    vae.zero_grad(set_to_none=True)
+    vae.decode(torch.randn(2, 64, 16), torch.rand(2, 300, 3) * 2 - 1).sum().backward()
+    assert all(p.grad is not None for p in decoder) and all(p.grad is None for p in encoder)
+
+
 def test_kl_is_zero_exactly_at_the_prior():
     from mar3d.models.vae import Posterior
 
@@ -330,3 +351,14 @@ def test_local_decoder_learns_anchors_on_the_fps_points():
         optimizer.step()
         errors.append(losses["anchor"].item())
     assert errors[-1] < 0.2 * errors[0], errors[::10]
+
+
+def test_the_decoder_fine_tune_config_fits_the_vae_it_fine_tunes():
+    """small_decoder fine-tunes the decoder of a `small` VAE (--init-from needs the same model and data settings)
+    with its encoder frozen; `small` itself trains the whole VAE."""
+    decoder = load_config("small_decoder", VAERunConfig, "vae")
+    decoder.train.validate()
+    small = load_config("small", VAERunConfig, "vae")
+    assert decoder.model == small.model and decoder.data == small.data
+    assert decoder.train.decoder_only and not small.train.decoder_only
+    assert decoder.train.lr < small.train.lr

@@ -202,3 +202,34 @@ def test_local_decoder_trains_from_the_cli_and_reconstructs(prepared, tmp_path):
                    "--resolution", "64")
     assert "1 ok, 0 failed" in result.stdout
     assert len(trimesh.load(tmp_path / "meshes" / f"{WATERTIGHT_YCB[0]}.glb", force="mesh").faces) > 100
+
+
+def test_decoder_only_fine_tuning_keeps_the_latents_and_trains_the_decoder(tiny_run, prepared, tmp_path):
+    """train.decoder_only (configs/vae/small_decoder.yaml's recipe): the encoder, hence every latent a MAR trained
+    on, stays bit for bit the source's; the decoder moves and still reconstructs; without --init-from it is refused."""
+    config = tmp_path / "decoder.yaml"
+    resolved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    resolved["train"].update(decoder_only=True, init_from="")
+    config.write_text(yaml.safe_dump(resolved))
+    tuned = tmp_path / "tuned"
+    args = ["train", "vae", "--config", config, "--data", prepared, "--no-progress", "--max-steps", 10,
+            "--only", *WATERTIGHT_YCB]
+    mar3d(*args, "--out", tuned, "--init-from", tiny_run)
+    source, result = load_vae(tiny_run / "model"), load_vae(tuned / "model")
+    encoder = {id(p) for p in source.encoder_parameters()}
+    names = [n for n, p in source.named_parameters() if id(p) in encoder]
+    assert names and all(n.startswith(source.ENCODER_MODULES) for n in names)
+    before, after = source.state_dict(), result.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in names)
+    decoder = [n for n, p in source.named_parameters() if id(p) not in encoder]
+    assert sum(not torch.equal(before[n], after[n]) for n in decoder) >= 0.8 * len(decoder)
+
+    box = samples_from_prepared(prepared, WATERTIGHT_YCB[0])
+    assert torch.equal(encode_shapes(source, [box], 128), encode_shapes(result, [box], 128))
+    near = layout.read_meta(prepared, WATERTIGHT_YCB[0])["counts"]["occupancy_near_surface"]
+    points, labels = draw_supervision(*box.occupancy, near, 20480, np.random.default_rng(7))
+    latents = encode_shapes(result, [box], 128)
+    assert volume_iou(query_latents(result, latents, points[None]), labels[None]).item() > 0.85
+
+    refused = mar3d(*args, "--out", tmp_path / "alone", check=2)
+    assert "decoder_only" in refused.stderr and "--init-from" in refused.stderr and "Traceback" not in refused.stderr

@@ -20,7 +20,9 @@ def add_parser(sub, name: str) -> None:
             "written to RUN_DIR/config.yaml and the final weights to RUN_DIR/model (config.json + "
             "model.safetensors; EMA weights). CONFIG is a YAML file or a bundled name: tiny, small, paper (the vae "
             "configs for vae, the mar configs for mar-lr and mar-hr; for mar-lr also small_framed, the bundled "
-            "demo's fine-tune on renders framed as inference frames an input, used with --init-from). The MAR "
+            "demo's fine-tune on renders framed as inference frames an input, used with --init-from; for vae also "
+            "small_decoder, the bundled demo's decoder fine-tune with the encoder frozen, so the latents the MARs "
+            "learnt stay valid, used with --init-from). The MAR "
             "stages model the latents of a trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly. "
             "One device, or DDP / FSDP over GPUs and nodes (--strategy, --devices, --num-nodes; launch one "
             "process per GPU with srun or torchrun, see docs/training.md). --resume continues exactly where the "
@@ -29,7 +31,8 @@ def add_parser(sub, name: str) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("stage", choices=STAGES, help="which stage to train")
     p.add_argument("--config", required=True,
-                   help="YAML config file or bundled name (tiny, small, paper; small_framed for mar-lr)")
+                   help="YAML config file or bundled name (tiny, small, paper; small_framed for mar-lr, "
+                   "small_decoder for vae)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="prepared directories (mar3d prepare)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs, model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR/checkpoints")

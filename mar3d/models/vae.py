@@ -233,6 +233,17 @@ class PyramidVAE(nn.Module):
             self.locality_log_scale = nn.Parameter(-torch.log(2 * widths**2))
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)  # older weights load (legacy_name)
 
+    # The modules that map surface points to the posterior; the rest decodes latents (decoder_parameters).
+    ENCODER_MODULES = ("point_embed", "learned_queries", "level_attention", "encoder_norm_mlp", "encoder_mlp",
+                       "encoder_layers", "encoder_out_norm", "to_posterior")
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for name in self.ENCODER_MODULES if hasattr(self, name) for p in getattr(self, name).parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        encoder = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder]
+
     # ----------------------------------------------------------------- encoder
     def select_levels(self, pyramid: list[torch.Tensor], tokens: int) -> list[torch.Tensor]:
         """Pick the levels (each (B, n_k, 6)) that encode ``tokens`` tokens from a drawn pyramid."""

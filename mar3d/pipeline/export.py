@@ -18,7 +18,7 @@ from mar3d.config import ConfigError, from_dict
 from mar3d.models.io import (CONFIG_FILE, MAR_KIND, RUN_EXPORT_DIR, VAE_KIND, WEIGHTS_FILE, load_mar, load_vae,
                              model_folder, read_model_config)
 from mar3d.models.mar import MARConfig
-from mar3d.models.vae import VAEConfig
+from mar3d.models.vae import PyramidVAE, VAEConfig, current_name
 from mar3d.pipeline.pipeline import (FORMAT, MAR_HR_DIR, MAR_LR_DIR, PIPELINE_FILE, VAE_DIR, VERSION,
                                      MAR3DPipeline, SamplingDefaults, check_compatible)
 from mar3d.utils import atomic
@@ -98,8 +98,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _same_model(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or _sha256(a / WEIGHTS_FILE) == _sha256(b / WEIGHTS_FILE)
+def _same_latents(a: Path, b: Path) -> bool:
+    """Whether VAE folders ``a`` and ``b`` encode alike: the same weights, or the same encoder weights (a decoder
+    fine-tuned with train.decoder_only, in any stored precision, keeps the latents a MAR was trained on)."""
+    if a.resolve() == b.resolve() or _sha256(a / WEIGHTS_FILE) == _sha256(b / WEIGHTS_FILE):
+        return True
+
+    def encoder(folder: Path) -> dict[str, torch.Tensor]:
+        weights = {current_name(k): v for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+        return {k: v.float() for k, v in weights.items() if k.split(".")[0] in PyramidVAE.ENCODER_MODULES}
+
+    mine, theirs = encoder(a), encoder(b)
+    return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
 
 
 def _trained_image_size(folder: Path) -> int | None:
@@ -179,9 +189,9 @@ def assemble_pipeline(vae: str | Path, mar_lr: str | Path, mar_hr: str | Path, o
         if not (recorded / CONFIG_FILE).exists():
             notes.append(f"{flag} was trained on the latents of {recorded}, which no longer exists: "
                          f"not checked that --vae is that VAE")
-        elif not _same_model(Path(recorded), folders["--vae"]):
+        elif not _same_latents(Path(recorded), folders["--vae"]):
             raise ExportError(f"{flag} {folders[flag]} was trained on the latents of the VAE {recorded}, "
-                              f"and --vae {folders['--vae']} has other weights")
+                              f"and --vae {folders['--vae']} has other encoder weights")
     sizes = {flag: _trained_image_size(folders[flag]) for flag in ("--mar-lr", "--mar-hr")}
     if None not in sizes.values() and len(set(sizes.values())) > 1:
         raise ExportError(f"MAR-LR was trained on {sizes['--mar-lr']}-pixel images, MAR-HR on {sizes['--mar-hr']}")

@@ -61,6 +61,9 @@ class VAETrainConfig(TrainConfig):
     # in training and exactly zero in the mean).
     mean_decode_share: float = 0.0
     anchor_weight: float = 1.0  # model.local_decoder only: weight of the anchors' squared error (docs/vae.md)
+    # Fine-tune the decoder of a trained VAE (train.init_from) with its encoder frozen: the latents stay exactly
+    # what the MARs trained on were, so a better decoder improves their meshes with no MAR retraining.
+    decoder_only: bool = False
 
     def validate(self) -> None:
         super().validate()

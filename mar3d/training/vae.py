@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from mar3d.config import from_dict, to_dict
+from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data.datasets import VAEDataset, draw_pyramid, stack_pyramids
 from mar3d.data import layout
 from mar3d.mesh.occupancy import volume_iou
@@ -26,6 +26,9 @@ class VAEModule(AveragedModule):
         self.save_hyperparameters()
         self.run_config = from_dict(VAERunConfig, run_config, "run config")
         self.vae = PyramidVAE(self.run_config.model)
+        if self.run_config.train.decoder_only:  # no gradient, no optimizer state, no weight decay for the encoder
+            for p in self.vae.encoder_parameters():
+                p.requires_grad_(False)
         self.keep_average(self.run_config.train.ema_decay)
 
     @property
@@ -100,6 +103,8 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     """Train (or resume) a VAE run; returns the exported model folder ``run_dir/model``."""
     run_dir = Path(run_dir)
     roots = [Path(d) for d in data_dirs]
+    if config.train.decoder_only and not config.train.init_from:
+        raise ConfigError("train.decoder_only fine-tunes a trained VAE's decoder: give the VAE with --init-from")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
     parts = [VAEDataset(root, ids=ids, pyramid=config.model.pyramid_sizes(), supervision=config.data.supervision_points,
