@@ -91,6 +91,23 @@ def test_training_latents_are_seeded_samples_or_the_mean_by_share():
     assert torch.equal(one, half[5:6])  # a shape's choice and noise do not depend on its batch
 
 
+def test_extra_latent_noise_is_seeded_per_shape_and_scaled_by_its_spread():
+    """train.latent_noise: each shape's latents get Gaussian noise of that many times their own std, drawn from
+    the shape's seed after its mean-or-sample choice (which stays the same)."""
+    from mar3d.models.vae import Posterior
+
+    mean = torch.randn(64, 32, 8) * torch.linspace(0.5, 3.0, 64)[:, None, None]
+    posterior = Posterior(mean, torch.full_like(mean, -40.0))  # a point posterior: only the extra noise moves
+    seeds = torch.arange(64)
+    plain = posterior.sample_per_shape(seeds, mean_share=0.5)
+    noisy = posterior.sample_per_shape(seeds, mean_share=0.5, extra_noise=0.25)
+    assert torch.equal(noisy, posterior.sample_per_shape(seeds, mean_share=0.5, extra_noise=0.25))
+    ratio = (noisy - plain).flatten(1).std(1) / mean.flatten(1).std(1)
+    assert torch.allclose(ratio, torch.full((64,), 0.25), rtol=0.15), ratio
+    alone = Posterior(mean[7:8], posterior.logvar[7:8]).sample_per_shape(seeds[7:8], 0.5, extra_noise=0.25)
+    assert torch.equal(alone, noisy[7:8])
+
+
 def test_forward_is_encode_sample_decode_with_each_shapes_seed():
     config = VAEConfig(**SMALL, token_counts=[16, 64])
     vae = PyramidVAE(config).eval()

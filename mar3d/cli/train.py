@@ -21,7 +21,7 @@ def add_parser(sub, name: str) -> None:
             "model.safetensors; EMA weights). CONFIG is a YAML file or a bundled name: tiny, small, paper (the vae "
             "configs for vae, the mar configs for mar-lr and mar-hr; for mar-lr also small_framed, the bundled "
             "demo's fine-tune on renders framed as inference frames an input, used with --init-from; for vae also "
-            "small_decoder, the bundled demo's decoder fine-tune with the encoder frozen, so the latents the MARs "
+            "small_decoder, a fine-tune of a small VAE's decoder with its encoder frozen, so the latents MARs "
             "learnt stay valid, used with --init-from). The MAR "
             "stages model the latents of a trained VAE (--vae), read from a `mar3d cache-latents` folder (--latents) or encoded on the fly. "
             "One device, or DDP / FSDP over GPUs and nodes (--strategy, --devices, --num-nodes; launch one "

@@ -102,12 +102,14 @@ class Posterior:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + (0.5 * self.logvar).exp() * noise
 
-    def sample_per_shape(self, seeds: torch.Tensor, mean_share: float = 0.0) -> torch.Tensor:
+    def sample_per_shape(self, seeds: torch.Tensor, mean_share: float = 0.0, extra_noise: float = 0.0) -> torch.Tensor:
         """A sample (B, N, C) whose noise for each shape comes from that shape's seed (B,) (training's sampler's).
 
         So a training step is a function of its samples alone: W ranks with batch B train exactly as one
         process with batch W * B. The generator is seeded with seed + 1, not the stream the shape's points were
         drawn from. With ``mean_share`` > 0 that generator first decides whether the shape gets its mean instead.
+        ``extra_noise`` > 0 then adds Gaussian noise of that many times the shape's latent standard deviation
+        (train.latent_noise: a decoder that reads generated latents, which stray further than a posterior's).
         """
         device = self.mean.device
         latents = []
@@ -117,6 +119,9 @@ class Posterior:
                 latents.append(mean[None])
             else:
                 latents.append(Posterior(mean[None], logvar[None]).sample(generator))
+            if extra_noise > 0:
+                noise = torch.randn(mean[None].shape, generator=generator, device=device, dtype=mean.dtype)
+                latents[-1] = latents[-1] + extra_noise * mean.detach().std() * noise
         return torch.cat(latents)
 
     def kl(self) -> torch.Tensor:
@@ -312,7 +317,7 @@ class PyramidVAE(nn.Module):
     # ----------------------------------------------------------------- training
     def forward(self, pyramid: list[torch.Tensor], points: torch.Tensor, tokens: int,
                 seeds: torch.Tensor | None = None, mean_share: float = 0.0,
-                generator: torch.Generator | None = None) -> ForwardOutput:
+                generator: torch.Generator | None = None, extra_noise: float = 0.0) -> ForwardOutput:
         """Paper §3.2, reconstruction: encode, sample the posterior, decode: logits (B, Q) at ``points``, the
         KL (B,) of the posterior and, for a local decoder, how far its anchors are from the FPS points (B,).
 
@@ -320,7 +325,8 @@ class PyramidVAE(nn.Module):
         their mean (``Posterior.sample_per_shape``, what training does); otherwise ``generator`` draws it.
         """
         posterior = self.encode(pyramid, tokens)
-        latents = posterior.sample(generator) if seeds is None else posterior.sample_per_shape(seeds, mean_share)
+        latents = (posterior.sample(generator) if seeds is None
+                   else posterior.sample_per_shape(seeds, mean_share, extra_noise))
         cache = self.prepare_decoder(latents)
         if cache.anchors is None:
             anchor_error = torch.zeros(len(latents), device=latents.device)

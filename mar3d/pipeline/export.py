@@ -99,8 +99,9 @@ def _sha256(path: Path) -> str:
 
 
 def _same_latents(a: Path, b: Path) -> bool:
-    """Whether VAE folders ``a`` and ``b`` encode alike: the same weights, or the same encoder weights (a decoder
-    fine-tuned with train.decoder_only, in any stored precision, keeps the latents a MAR was trained on)."""
+    """Whether VAE folders ``a`` and ``b`` encode alike: the same weights, or equal encoder weights compared as
+    float32 (a decoder fine-tuned with train.decoder_only keeps the latents a MAR was trained on, and a bf16 copy
+    of weights that were bf16 values matches)."""
     if a.resolve() == b.resolve() or _sha256(a / WEIGHTS_FILE) == _sha256(b / WEIGHTS_FILE):
         return True
 

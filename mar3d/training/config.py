@@ -64,11 +64,15 @@ class VAETrainConfig(TrainConfig):
     # Fine-tune the decoder of a trained VAE (train.init_from) with its encoder frozen: the latents stay exactly
     # what the MARs trained on were, so a better decoder improves their meshes with no MAR retraining.
     decoder_only: bool = False
+    # Gaussian noise added to every latent the decoder trains on, in units of that shape's latent std (0: none).
+    latent_noise: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.mean_decode_share <= 1:
             raise ConfigError(f"train.mean_decode_share must be in [0, 1], got {self.mean_decode_share}")
+        if self.latent_noise < 0:
+            raise ConfigError(f"train.latent_noise must be >= 0, got {self.latent_noise}")
 
 
 @dataclass

@@ -53,7 +53,7 @@ class VAEModule(AveragedModule):
         tokens = self.tokens_for_step(self.global_step)
         train = self.run_config.train
         output = self.vae(batch["pyramid"], batch["points"], tokens, seeds=batch["seed"],
-                          mean_share=train.mean_decode_share)
+                          mean_share=train.mean_decode_share, extra_noise=train.latent_noise)
         losses = self.vae.loss(output, batch["labels"], train.kl_weight, train.anchor_weight)
         batch_size = len(output.logits)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=batch_size)
