@@ -55,6 +55,19 @@ def test_bad_inputs_fail_with_reasons_while_good_ones_succeed(tmp_path):
     assert len((out / layout.MANIFEST).read_text().splitlines()) == 6
 
 
+def test_an_item_finished_but_not_recorded_is_recorded_on_the_rerun(tmp_path):
+    """A kill can land after an item's meta.json is written and before the parent appends its manifest line: the
+    re-run skips the finished item and records it, so the manifest lists every prepared item."""
+    out = tmp_path / "out"
+    mar3d("prepare", classic("cow"), "--out", out, *FAST, check=0)
+    timing = layout.read_manifest(out)["cow"]["timing"]
+    (out / layout.MANIFEST).write_text("")  # as if killed before the record was written
+    result = mar3d("prepare", classic("cow"), "--out", out, *FAST, check=0)
+    assert "0 ok, 0 failed, 1 already done" in result.stdout
+    record = layout.read_manifest(out)["cow"]
+    assert record["status"] == "ok" and record["timing"] == timing == layout.read_meta(out, "cow")["seconds"]
+
+
 def test_killed_run_resumes_without_touching_finished_work(tmp_path):
     names = ["013_apple", "011_banana", "003_cracker_box", "012_strawberry", "014_lemon"]
     inputs = [str(ycb(n)) for n in names]

@@ -92,13 +92,17 @@ def compact_manifest(out_dir: Path) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def ok_record(meta: dict) -> dict:
+    """The manifest fields of a finished item, from its meta."""
+    return {"status": "ok", "reason": "", "peak_rss_mb": meta["peak_rss_mb"], "timing": meta["seconds"]}
+
+
 def _run_one(source: str, item_id: str, out_dir: str, settings: PrepareSettings) -> dict:
     """Worker entry: never raises, returns the manifest record."""
     start = time.perf_counter()
     record = {"id": item_id, "source": source}
     try:
-        meta = prepare_item(source, item_id, out_dir, settings)
-        record.update(status="ok", reason="", peak_rss_mb=meta["peak_rss_mb"], timing=meta["seconds"])
+        record.update(ok_record(prepare_item(source, item_id, out_dir, settings)))
     except MeshError as e:
         record.update(status="failed", reason=str(e))
     except MemoryError:
@@ -153,9 +157,13 @@ def run_batch(
                 "reason": "no such file, or no mesh files in that folder / glob", "seconds": 0.0})
 
     todo = []
+    recorded = layout.read_manifest(out_dir)
     for source, item_id in jobs:
         if is_finished(out_dir, item_id, settings):
             result.skipped += 1
+            if recorded.get(item_id, {}).get("status") != "ok":  # killed after finishing it, before recording it
+                append_manifest(out_dir, {"id": item_id, "source": source, "seconds": 0.0,
+                                          **ok_record(layout.read_meta(out_dir, item_id))})
         else:
             todo.append((source, item_id))
     total = len(todo)
