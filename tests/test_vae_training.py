@@ -233,3 +233,5 @@ def test_decoder_only_fine_tuning_keeps_the_latents_and_trains_the_decoder(tiny_
 
     refused = mar3d(*args, "--out", tmp_path / "alone", check=2)
     assert "decoder_only" in refused.stderr and "--init-from" in refused.stderr and "Traceback" not in refused.stderr
+    refused = mar3d(*args, "--out", tmp_path / "sharded", "--init-from", tiny_run, "--strategy", "fsdp", check=2)
+    assert "does not work with --strategy fsdp" in refused.stderr and not (tmp_path / "sharded").exists()

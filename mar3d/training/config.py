@@ -62,7 +62,7 @@ class VAETrainConfig(TrainConfig):
     mean_decode_share: float = 0.0
     anchor_weight: float = 1.0  # model.local_decoder only: weight of the anchors' squared error (docs/vae.md)
     # Fine-tune the decoder of a trained VAE (train.init_from) with its encoder frozen: the latents stay exactly
-    # what the MARs trained on were, so a better decoder improves their meshes with no MAR retraining.
+    # what the MARs trained on were, so those MARs work with the new decoder without retraining.
     decoder_only: bool = False
     # Gaussian noise added to every latent the decoder trains on, in units of that shape's latent std (0: none).
     latent_noise: float = 0.0

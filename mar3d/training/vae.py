@@ -105,6 +105,8 @@ def train_vae(config: VAERunConfig, data_dirs: list[str | Path], run_dir: str | 
     roots = [Path(d) for d in data_dirs]
     if config.train.decoder_only and not config.train.init_from:
         raise ConfigError("train.decoder_only fine-tunes a trained VAE's decoder: give the VAE with --init-from")
+    if config.train.decoder_only and config.train.strategy == "fsdp":  # FSDP's root unit would mix frozen weights in
+        raise ConfigError("train.decoder_only does not work with --strategy fsdp; use ddp (or one device)")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     selection = select_objects(roots, config.data.include_ids, config.data.val_ids, config.data.exclude_ids)
     parts = [VAEDataset(root, ids=ids, pyramid=config.model.pyramid_sizes(), supervision=config.data.supervision_points,
