@@ -37,9 +37,10 @@ TILT = {"box": (np.pi / 2, np.pi / 2), "toy_block": (np.pi / 2, np.pi / 2), "can
         "bottle": (np.pi / 2, np.pi / 2), "jar": (np.pi / 2, np.pi / 2), "fruit": (np.pi / 2.8, np.pi / 1.6)}
 
 
-def family_rng(family: str, seed: int) -> np.random.Generator:
-    """The generator of one object: a hash of (family, seed), so families never share a stream."""
-    digest = hashlib.sha256(f"household:{family}:{int(seed)}".encode()).digest()
+def family_rng(family: str, seed: int, stream: str = "household") -> np.random.Generator:
+    """The generator of one object: a hash of (stream, family, seed), so families, and an object's shape and its
+    pose (``side_rotation``), never share a stream."""
+    digest = hashlib.sha256(f"{stream}:{family}:{int(seed)}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
@@ -48,8 +49,7 @@ def side_rotation(family: str, seed: int) -> np.ndarray:
 
     Drawn from a stream of its own, so a lying object has exactly the shape and colours of the upright one.
     """
-    digest = hashlib.sha256(f"household-side:{family}:{int(seed)}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    rng = family_rng(family, seed, stream="household-side")
     tilt, turn = rng.uniform(*TILT[family]), rng.uniform(0, 2 * np.pi)
     c, s = np.cos(tilt), np.sin(tilt)
     about_x = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
