@@ -181,6 +181,40 @@ def test_the_framed_fine_tune_config_fits_the_model_it_fine_tunes():
         framed.validate()
 
 
+def test_conv_stem_gives_the_patch_grid_with_overlapping_receptive_fields(tmp_path):
+    """`image_encoder.stem: conv` reaches the patch stem's token grid through strided 3x3 convolutions, so a
+    pixel on a patch's border reaches the neighbouring patch's token too (a patch stem's token sees its own
+    patch only); a MAR with it saves and loads; a patch size that is not a power of two is refused."""
+    from mar3d.models.image_encoder import ImageEncoderConfig, SmallImageEncoder
+
+    base = model_config("tiny").image_encoder
+    grids = {}
+    for stem in ("patch", "conv"):
+        torch.manual_seed(0)
+        encoder = SmallImageEncoder(dataclasses.replace(base, stem=stem)).eval()
+        size, patch = base.image_size, base.patch_size
+        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        touched = image.clone()
+        touched[..., patch - 1, patch - 1] += 0.5  # the last pixel of patch (0, 0), next to patches (0, 1) and (1, 1)
+        with torch.no_grad():
+            change = (encoder.patch_embed(touched * 2 - 1) - encoder.patch_embed(image * 2 - 1)).abs().sum(1)[0]
+            assert encoder(image).shape == (1, base.num_tokens, base.width)
+        grids[stem] = change > 1e-6
+    assert grids["patch"].shape == grids["conv"].shape == (size // patch, size // patch)
+    assert grids["patch"].sum() == 1 and grids["patch"][0, 0]
+    assert grids["conv"][0, 0] and grids["conv"][0, 1] and grids["conv"][1, 1]
+
+    model = perturb(tiny("lr", image_encoder=dataclasses.replace(base, stem="conv"))).eval()
+    save_mar(model, tmp_path / "mar")
+    loaded = load_mar(tmp_path / "mar")
+    assert loaded.config.image_encoder.stem == "conv"
+    images = inputs(model, 2)[0]
+    assert torch.equal(model.image_encoder(images), loaded.image_encoder(images))
+    for wrong in (dict(stem="conv", patch_size=6, image_size=36), dict(stem="convolution")):
+        with pytest.raises(ConfigError, match="stem"):
+            dataclasses.replace(base, **wrong).validate()
+
+
 def test_stage_inputs_are_checked():
     lr_model, hr_model = tiny("lr"), tiny("hr")
     images, latents, _ = inputs(lr_model, 2)

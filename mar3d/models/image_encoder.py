@@ -5,7 +5,10 @@
   hub id). Tokens = [CLIP CLS] + DINOv2 patch tokens, joined along the sequence as in the release:
   1 + 16 × 16 = 257 tokens of width 1024. Where the two widths differ (small test models), a trainable
   Linear maps the DINOv2 tokens to the CLIP width.
-- ``small``: a patch ViT trained from scratch together with the MAR (the CPU-sized demo model).
+- ``small``: a ViT trained from scratch together with the MAR (the CPU-sized demo model). Its stem cuts the
+  image into patches with one strided convolution (``stem: patch``) or, with ``stem: conv``, reaches the same
+  patch grid through log2(patch_size) stride-2 3×3 convolutions ("Early Convolutions Help Transformers See
+  Better", Xiao et al. 2021): a local prior that a ViT trained on a few thousand objects cannot learn itself.
 
 Input to both: (B, 3, H, W) floats in [0, 1], composited on white (``datasets.composite_on_white``);
 images of another size are resized to ``image_size``. Output: (B, num_tokens, width).
@@ -35,6 +38,7 @@ class ImageEncoderConfig:
     # small only
     depth: int = 4
     heads: int = 4
+    stem: Literal["patch", "conv"] = "patch"
     # clip_dinov2 only: local folders or hub ids, and DINOv2's hidden size (None: the same as width)
     clip_path: str = ""
     dinov2_path: str = ""
@@ -46,6 +50,11 @@ class ImageEncoderConfig:
                               f"image_encoder.patch_size {self.patch_size}")
         if self.kind == "small" and self.width % self.heads:
             raise ConfigError(f"image_encoder.width {self.width} must be divisible by image_encoder.heads {self.heads}")
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"image_encoder.stem must be patch or conv, not {self.stem!r}")
+        if self.kind == "small" and self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or
+                                                             self.patch_size < 2):
+            raise ConfigError(f"image_encoder.stem conv needs a power-of-two patch_size, not {self.patch_size}")
         if self.kind == "clip_dinov2" and not (self.clip_path and self.dinov2_path):
             raise ConfigError("image_encoder: clip_dinov2 needs clip_path and dinov2_path")
 
@@ -62,13 +71,29 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def conv_stem(width: int, patch_size: int) -> nn.Sequential:
+    """(B, 3, H, W) -> (B, width, H / patch_size, W / patch_size) through log2(patch_size) stride-2 3×3
+    convolutions of width / 4, width / 2, then width channels (GroupNorm + GELU after each), then a 1×1."""
+    layers: list[nn.Module] = []
+    stages = patch_size.bit_length() - 1
+    channels_in = 3
+    for i in range(stages):
+        channels = min(width, max(16, width * 2**i // 4))
+        layers += [nn.Conv2d(channels_in, channels, 3, stride=2, padding=1), nn.GroupNorm(min(8, channels), channels),
+                   nn.GELU()]
+        channels_in = channels
+    layers.append(nn.Conv2d(channels_in, width, 1))
+    return nn.Sequential(*layers)
+
+
 class SmallImageEncoder(nn.Module):
-    """Patch ViT from scratch: (B, 3, H, W) -> (B, (image_size / patch_size)², width)."""
+    """ViT from scratch: (B, 3, H, W) -> (B, (image_size / patch_size)², width)."""
 
     def __init__(self, config: ImageEncoderConfig):
         super().__init__()
         self.config = config
-        self.patch_embed = nn.Conv2d(3, config.width, config.patch_size, stride=config.patch_size)
+        self.patch_embed = (conv_stem(config.width, config.patch_size) if config.stem == "conv" else
+                            nn.Conv2d(3, config.width, config.patch_size, stride=config.patch_size))
         self.pos_embed = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
         self.blocks = nn.ModuleList(SelfAttentionBlock(config.width, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width)
