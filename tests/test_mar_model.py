@@ -210,6 +210,8 @@ def test_conv_stem_gives_the_patch_grid_with_overlapping_receptive_fields(tmp_pa
     assert loaded.config.image_encoder.stem == "conv"
     images = inputs(model, 2)[0]
     assert torch.equal(model.image_encoder(images), loaded.image_encoder(images))
+    odd = dataclasses.replace(base, stem="conv", width=36, heads=4)  # channels 16, 18, 36: GroupNorm must divide them
+    assert SmallImageEncoder(odd)(images).shape == (2, base.num_tokens, 36)
     for wrong in (dict(stem="conv", patch_size=6, image_size=36), dict(stem="convolution")):
         with pytest.raises(ConfigError, match="stem"):
             dataclasses.replace(base, **wrong).validate()

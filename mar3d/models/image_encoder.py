@@ -8,13 +8,15 @@
 - ``small``: a ViT trained from scratch together with the MAR (the CPU-sized demo model). Its stem cuts the
   image into patches with one strided convolution (``stem: patch``) or, with ``stem: conv``, reaches the same
   patch grid through log2(patch_size) stride-2 3×3 convolutions ("Early Convolutions Help Transformers See
-  Better", Xiao et al. 2021): a local prior that a ViT trained on a few thousand objects cannot learn itself.
+  Better", Xiao et al. 2021): overlapping receptive fields, a local prior. It lowers the demo's training loss
+  but not its meshes' scores (docs/results.md, "Session 19 experiments"), so the demo keeps ``patch``.
 
 Input to both: (B, 3, H, W) floats in [0, 1], composited on white (``datasets.composite_on_white``);
 images of another size are resized to ``image_size``. Output: (B, num_tokens, width).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,7 +81,7 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
     channels_in = 3
     for i in range(stages):
         channels = min(width, max(16, width * 2**i // 4))
-        layers += [nn.Conv2d(channels_in, channels, 3, stride=2, padding=1), nn.GroupNorm(min(8, channels), channels),
+        layers += [nn.Conv2d(channels_in, channels, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, channels), channels),
                    nn.GELU()]
         channels_in = channels
     layers.append(nn.Conv2d(channels_in, width, 1))
