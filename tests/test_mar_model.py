@@ -185,7 +185,7 @@ def test_conv_stem_gives_the_patch_grid_with_overlapping_receptive_fields(tmp_pa
     """`image_encoder.stem: conv` reaches the patch stem's token grid through strided 3x3 convolutions, so a
     pixel on a patch's border reaches the neighbouring patch's token too (a patch stem's token sees its own
     patch only); a MAR with it saves and loads; a patch size that is not a power of two is refused."""
-    from mar3d.models.image_encoder import ImageEncoderConfig, SmallImageEncoder
+    from mar3d.models.image_encoder import SmallImageEncoder
 
     base = model_config("tiny").image_encoder
     grids = {}

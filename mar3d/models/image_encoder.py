@@ -81,8 +81,8 @@ def conv_stem(width: int, patch_size: int) -> nn.Sequential:
     channels_in = 3
     for i in range(stages):
         channels = min(width, max(16, width * 2**i // 4))
-        layers += [nn.Conv2d(channels_in, channels, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, channels), channels),
-                   nn.GELU()]
+        layers += [nn.Conv2d(channels_in, channels, 3, stride=2, padding=1),
+                   nn.GroupNorm(math.gcd(8, channels), channels), nn.GELU()]
         channels_in = channels
     layers.append(nn.Conv2d(channels_in, width, 1))
     return nn.Sequential(*layers)
