@@ -28,7 +28,7 @@ import torch
 from mar3d.data import layout
 from mar3d.data.mesh_io import load_mesh
 from mar3d.evaluation.batch import find_ground_truth, view_rotation
-from mar3d.evaluation.metrics import normalized, point_metrics, sample_points
+from mar3d.evaluation.metrics import SurfaceSamples, normalized, point_metrics, sample_points
 from mar3d.evaluation.protocol import evaluate_pair
 from mar3d.pipeline.pipeline import MAR3DPipeline
 from mar3d.utils.precision import autocast_for
@@ -68,12 +68,12 @@ def diffusion_losses(pipe: MAR3DPipeline, image: torch.Tensor, latents: torch.Te
     return out
 
 
-def surface(mesh) -> object | None:
+def surface(mesh) -> SurfaceSamples | None:
     """20k samples of the mesh in the evaluation's normalization, or None for an empty mesh."""
     return sample_points(normalized(mesh), 20_000, 7) if len(mesh.faces) else None
 
 
-def pairwise(samples: list) -> list:
+def pairwise(samples: list[SurfaceSamples | None]) -> list:
     """(K, K, 2) F@0.1 and CD between every two candidates' samples (0 and 0 on the diagonal or if empty)."""
     k = len(samples)
     table = np.zeros((k, k, 2))
@@ -211,7 +211,10 @@ def main() -> None:
     parser.add_argument("--analyze", action="store_true")
     parser.add_argument("--pool", type=int, default=4)
     args = parser.parse_args()
-    analyze(args) if args.analyze else collect(args)
+    if args.analyze:
+        analyze(args)
+    else:
+        collect(args)
 
 
 if __name__ == "__main__":
