@@ -93,7 +93,8 @@ def collect(args: argparse.Namespace) -> None:
     ground_truth = find_ground_truth(GROUND_TRUTH)
     args.out.mkdir(parents=True, exist_ok=True)
     records = args.out / f"records{args.part}.jsonl"
-    done = {(r["id"], r["seed"]) for r in map(json.loads, records.read_text().splitlines())} if records.exists() else set()
+    lines = records.read_text().splitlines() if records.exists() else []
+    done = {(r["id"], r["seed"]) for r in map(json.loads, lines)}
     for index, image in enumerate(sorted(Path("examples").glob("*.png"))):
         if index % args.parts != args.part:
             continue
@@ -154,7 +155,8 @@ def analyze(args: argparse.Namespace) -> None:
                 choices.update({"lowest loss, all masked": c["1.0"].argmin(), "lowest loss, all ratios": c_all.argmin(),
                                 "classifier (u − c), all masked": (u["1.0"] - c["1.0"]).argmax(),
                                 "classifier (u − c), all ratios": (u_all - c_all).argmax(),
-                                "ranks: IoU + classifier": (ranks(iou) + ranks(u_all - c_all) + 1e-3 * ranks(iou)).argmin()})
+                                "ranks: IoU + classifier":
+                                    (ranks(iou) + ranks(u_all - c_all) + 1e-3 * ranks(iou)).argmin()})
             for key in record.get("pair", {}):
                 table = np.array(record["pair"][key])[np.ix_(ks, ks)]
                 agreement = table[..., 0].sum(1) / (args.pool - 1)
