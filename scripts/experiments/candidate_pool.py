@@ -17,6 +17,7 @@ Writes OUT/records<part>.jsonl, one line per (example, seed); finished lines are
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import replace
@@ -35,6 +36,13 @@ from mar3d.utils.precision import autocast_for
 
 GROUND_TRUTH = "runs/prepared/ycb"
 MASK_RATIOS = (1.0, 0.9, 0.8, 0.7)
+
+
+@functools.lru_cache(maxsize=None)
+def ground_truth_in_view(item: str) -> tuple:
+    """The ground-truth mesh of a held-out item and the rotation R of its view 0 (ground truth -> view frame)."""
+    mesh = load_mesh(find_ground_truth(GROUND_TRUTH)[item].path).geometry
+    return mesh, view_rotation(layout.item_dir(GROUND_TRUTH, item) / layout.VIEWS_JSON, 0)
 
 
 @torch.no_grad()
@@ -90,7 +98,6 @@ def collect(args: argparse.Namespace) -> None:
     pipe = MAR3DPipeline.from_pretrained(args.model)
     settings = pipe.settings()
     coarse_settings = replace(settings, resolution=32, faces=0)
-    ground_truth = find_ground_truth(GROUND_TRUTH)
     args.out.mkdir(parents=True, exist_ok=True)
     records = args.out / f"records{args.part}.jsonl"
     lines = records.read_text().splitlines() if records.exists() else []
@@ -99,8 +106,7 @@ def collect(args: argparse.Namespace) -> None:
         if index % args.parts != args.part:
             continue
         item = image.stem
-        gt = load_mesh(ground_truth[item].path).geometry
-        rotation = view_rotation(layout.item_dir(GROUND_TRUTH, item) / layout.VIEWS_JSON, 0)
+        gt, rotation = ground_truth_in_view(item)
         condition = pipe.preprocess(image)
         for seed in args.seeds:
             if (item, seed) in done:
@@ -178,9 +184,8 @@ def depth_report(records: list[dict], pool: int) -> None:
     the ground truth's: the kept (outline IoU) one's and the pool median's, and how that error relates to F@0.1."""
     truth = {}
     for item in sorted({r["id"] for r in records}):
-        rotation = view_rotation(layout.item_dir(GROUND_TRUTH, item) / layout.VIEWS_JSON, 0)
-        vertices = load_mesh(find_ground_truth(GROUND_TRUTH)[item].path).geometry.vertices @ rotation.T
-        extent = np.ptp(vertices, axis=0)
+        mesh, rotation = ground_truth_in_view(item)
+        extent = np.ptp(mesh.vertices @ rotation.T, axis=0)
         truth[item] = np.log(extent[2] / extent[1])
     rows, correlations = [], []
     for record in records:
