@@ -127,6 +127,22 @@ def test_mar_training_errors_are_one_line(prepared, tiny_vae_run, tiny_latents, 
     assert "mar-lr / mar-hr" in vae_flag.stderr
 
 
+def test_seed_flag_sets_the_runs_seed_and_a_bad_one_is_one_line(prepared, tiny_vae_run, tiny_latents, tmp_path):
+    """`--seed` overrides train.seed: another seed starts from other weights (what a multi-seed study needs)."""
+    args = ["train", "mar-lr", "--config", "tiny", "--data", prepared, "--vae", tiny_vae_run, "--latents",
+            tiny_latents, "--no-progress", "--max-steps", 1, "--only", *WATERTIGHT_YCB]
+    weights = {}
+    for seed in (None, 7):
+        run = tmp_path / f"seed{seed}"
+        run_mar3d(*args, "--out", run, *(["--seed", seed] if seed is not None else []))
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == (seed or 0)
+        weights[seed] = load_mar(run / "model").token_proj.weight.detach()
+    assert not torch.allclose(weights[None], weights[7])
+    bad = run_mar3d(*args, "--out", tmp_path / "bad", "--seed", -1, check=2)
+    assert "train.seed must be in [0, 2**32)" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_exclude_holds_objects_out_of_training_and_validation(prepared):
     from mar3d.cli.main import build_parser
     from mar3d.cli.train import _load

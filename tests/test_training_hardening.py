@@ -115,10 +115,10 @@ def test_items_depend_on_their_sample_seed_not_on_workers_and_leave_the_rng_alon
     assert torch.equal(again["noise"], SeededItems(RandomItems())[(1, 123)]["noise"]) and again["seed"] == 123
 
 
-def test_train_config_names_bad_strategy_and_devices():
+def test_train_config_names_bad_strategy_devices_and_seed():
     assert from_dict(TrainConfig, {"strategy": "fsdp", "devices": 8, "num_nodes": 4}).devices == 8
     for bad, key in (({"strategy": "deepspeed"}, "strategy"), ({"devices": 0}, "devices"),
-                     ({"num_nodes": 0}, "num_nodes")):
+                     ({"num_nodes": 0}, "num_nodes"), ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed")):
         with pytest.raises(ConfigError, match=key):
             from_dict(TrainConfig, bad, "train")
     if not torch.cuda.is_available():

@@ -40,6 +40,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--strategy", choices=("auto", "ddp", "fsdp"), help="override train.strategy")
     p.add_argument("--devices", type=int, help="override train.devices (GPUs per node; processes on CPU)")
     p.add_argument("--num-nodes", type=int, help="override train.num_nodes")
+    p.add_argument("--seed", type=int,
+                   help="override train.seed (initialisation, data order, masks and noise; the same seed repeats a "
+                        "run, and several seeds measure how much a recipe's result owes to chance)")
     p.add_argument("--only", nargs="+", metavar="ID", help="train on these prepared ids only (data.include_ids)")
     p.add_argument("--exclude", nargs="+", metavar="ID",
                    help="hold these prepared ids out of training and validation (data.exclude_ids, e.g. an evaluation set)")
@@ -64,7 +67,7 @@ def _load(args):
         from mar3d.models.io import model_folder
 
         config.train.init_from = str(model_folder(args.init_from).resolve())
-    for key in ("max_steps", "strategy", "devices", "num_nodes"):
+    for key in ("max_steps", "strategy", "devices", "num_nodes", "seed"):
         if getattr(args, key) is not None:
             setattr(config.train, key, getattr(args, key))
     try:

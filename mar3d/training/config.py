@@ -51,6 +51,8 @@ class TrainConfig:
             raise ConfigError("train.devices must be 'auto' or >= 1")
         if self.num_workers < 0:
             raise ConfigError("train.num_workers must be >= 0")
+        if not 0 <= self.seed < 2**32:  # numpy's and Lightning's range (Lightning would pick a random one instead)
+            raise ConfigError("train.seed must be in [0, 2**32)")
 
 
 @dataclass
