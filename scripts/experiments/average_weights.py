@@ -2,7 +2,7 @@
 weights of model folders (config.json + model.safetensors) that share one architecture, e.g. fine-tunes of one
 MAR-LR with different seeds. Not shipped: the soup of three fine-tunes scored below their mean.
 usage (repo root): python scripts/experiments/average_weights.py OUT MODEL_DIR MODEL_DIR [MODEL_DIR ...]
-OUT gets the first folder's config.json and the averaged weights (float32 sums, stored in the inputs' type).
+OUT gets the first folder's config.json and the averaged weights (float64 sums, stored in the inputs' type).
 """
 import shutil
 import sys
