@@ -51,6 +51,12 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
         (item,) = typing.get_args(annotation)[:1] or (Any,)
         checked = [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(checked) if origin is tuple else checked
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(annotation) or (Any, Any)
+        return {_check_value(k, key_type, f"{where} (a key)"): _check_value(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")

@@ -157,6 +157,44 @@ def test_exclude_holds_objects_out_of_training_and_validation(prepared):
     assert WATERTIGHT_YCB[0] not in used and "teapot" not in used and WATERTIGHT_YCB[1] in used
 
 
+def test_data_repeats_weigh_a_folder_and_bad_ones_are_named(prepared, tiny_vae_run, tiny_latents, tmp_path):
+    """`data.repeats` ({folder name: n}) puts a folder's training views n times into each pass (the same items,
+    so one image cache); validation is not weighted. A name that is not a --data folder, a count below 1 or
+    not a whole number is a one-line error naming it."""
+    from mar3d.config import CONFIG_DIR, ConfigError, load_config
+    from mar3d.training.config import MARRunConfig
+    from mar3d.training.mar import run_datasets
+    from mar3d.training.selection import select_objects
+
+    scans = tmp_path / "scans"
+    scans.symlink_to(prepared, target_is_directory=True)  # a second folder of the same objects, another name
+    roots = [prepared, scans]
+    selection = select_objects(roots, list(WATERTIGHT_YCB), [], [])
+
+    def sets(repeats: dict):
+        return run_datasets(load_config({"data": {"repeats": repeats}}, MARRunConfig, "mar"), roots, selection)
+
+    once, weighted = sets({}), sets({"scans": 3})
+    per_folder = len(once["train"]) // 2
+    assert per_folder == sum(len(layout.read_views(prepared, i)) for i in WATERTIGHT_YCB)  # every rendered view
+    assert len(weighted["train"]) == per_folder + 3 * per_folder and len(weighted["val"]) == len(once["val"])
+    last = weighted["train"].datasets[-3:]
+    assert all(d is last[0] for d in last) and str(last[0].root).endswith("scans")
+    assert [item[0] for item in last[0].items] == [item[0] for item in weighted["train"].datasets[0].items]
+    with pytest.raises(ConfigError, match=r"data.repeats names \['scan'\], not among the --data folders"):
+        sets({"scan": 2})
+    with pytest.raises(ConfigError, match="whole numbers >= 1"):
+        sets({"scans": 0})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        sets({"scans": 1.5})
+    config = tmp_path / "repeats.yaml"
+    tiny = yaml.safe_load((CONFIG_DIR / "mar" / "tiny.yaml").read_text())
+    config.write_text(yaml.safe_dump({**tiny, "data": {**tiny.get("data", {}), "repeats": {"ycbb": 4}}}))
+    bad = run_mar3d("train", "mar-lr", "--config", config, "--data", prepared, "--vae", tiny_vae_run, "--latents",
+                    tiny_latents, "--out", tmp_path / "bad", "--no-progress", check=2)
+    assert "data.repeats names ['ycbb']" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_mar_fine_tuning_keeps_the_source_latent_scale_and_weights(prepared, tiny_vae_run, tiny_latents,
                                                                    tiny_mar_lr_run, tmp_path):
     """--init-from a trained MAR-LR: the run keeps its source's latent scale (its weights expect latents

@@ -123,6 +123,9 @@ class MARDataConfig:
     # image, mar3d.pipeline.images.frame_object) before it is composited: the image's scale then carries no shape
     # information, as at inference (docs/results.md, "Session 14"). null: the renders as they are.
     frame_fill: float | None = None
+    # How many times each prepared folder's objects appear in one pass over the training set, by the folder's name
+    # (e.g. {ycb: 10} weighs 48 real scans against 1700 procedural objects); folders not named appear once.
+    repeats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,4 +141,7 @@ class MARRunConfig:
             raise ConfigError("data.views_per_object and data.cached_images must be >= 0, data.val_views >= 1")
         if self.data.frame_fill is not None and not 0.1 <= self.data.frame_fill <= 1.0:
             raise ConfigError(f"data.frame_fill must be between 0.1 and 1 (or null), got {self.data.frame_fill}")
+        bad = {name: times for name, times in self.data.repeats.items() if times < 1}
+        if bad:
+            raise ConfigError(f"data.repeats must be whole numbers >= 1, got {bad}")
 

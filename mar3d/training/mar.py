@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from mar3d.config import from_dict, to_dict
+from mar3d.config import ConfigError, from_dict, to_dict
 from mar3d.data import latent_cache, layout
 from mar3d.data.datasets import LR_LATENTS_KEY, MARDataset, draw_pyramid, stack_pyramids
 from mar3d.models.io import MAR_KIND, RUN_EXPORT_DIR, load_mar, load_vae, model_folder, read_model_config, save_mar
@@ -104,6 +104,25 @@ def mar_dataset(config: MARRunConfig, root: Path, ids: list[str], views: int = 0
                       cached_images=config.data.cached_images, frame_fill=config.data.frame_fill)
 
 
+def run_datasets(config: MARRunConfig, roots: list[str | Path], selection,
+                 pyramid_sizes: tuple[int, ...] = ()) -> dict[str, ConcatDataset]:
+    """The "train" and "val" sets of a run: the selected objects' views, each training folder's
+    ``data.repeats[<its name>]`` times over (the same dataset object, so one image cache)."""
+    names = [Path(root).name for root in roots]
+    unknown = set(config.data.repeats) - set(names)
+    if unknown:
+        raise ConfigError(f"data.repeats names {sorted(unknown)}, not among the --data folders ({', '.join(names)})")
+    sets = {}
+    for name, chosen, views in (("train", selection.train, config.data.views_per_object),
+                                ("val", selection.val, config.data.val_views)):
+        parts = []
+        for root, ids in chosen.items():
+            dataset = mar_dataset(config, root, ids, views, pyramid_sizes)
+            parts += [dataset] * (config.data.repeats.get(Path(root).name, 1) if name == "train" else 1)
+        sets[name] = ConcatDataset(parts)
+    return sets
+
+
 def measure_latent_std(config: MARRunConfig, vae: PyramidVAE, selection, tokens: int, objects: int = 16) -> float:
     """Std of the training latents of one token count: from the cache's record, else encoded now."""
     if config.latents:
@@ -166,11 +185,7 @@ def train_mar(config: MARRunConfig, data_dirs: list[str | Path], run_dir: str | 
     scales = (source_latent_scales(config.train.init_from) if config.train.init_from
               else measure_latent_scales(config, vae, selection))
     config = replace(config, model=replace(config.model, **scales))
-    sets = {}
-    for name, chosen, views in (("train", selection.train, config.data.views_per_object),
-                                ("val", selection.val, config.data.val_views)):
-        sets[name] = ConcatDataset([mar_dataset(config, root, ids, views, vae.config.pyramid_sizes())
-                                    for root, ids in chosen.items()])
+    sets = run_datasets(config, roots, selection, vae.config.pyramid_sizes())
     val_loader = DataLoader(sets["val"], batch_size=config.train.batch_size, collate_fn=_collate)
     module = MARModule(to_dict(config))
     module.attach_vae(vae)

@@ -1,7 +1,8 @@
 """Held-out VAE reconstruction at the demo's grid (128^3), scored as generation is (docs/protocol.md §2, no
 alignment): volume IoU (uniform / near-surface labels), CD, F@0.1/0.05/0.02, NC, and the area share of normals
 within 10 degrees of an axis. Used for docs/results.md ("Session 6 experiments"); LIMIT=N scores the first N;
-IDS=a,b,c scores those prepared objects instead of the held-out ones (training objects, for the gap).
+IDS=a,b,c scores those prepared objects instead of the held-out ones (training objects, for the gap); ROOT=DIR
+reads them from another prepared folder (default runs/prepared/ycb).
 
 usage (repo root, runs/prepared/ycb prepared as scripts/train_demo.sh does):
     python scripts/experiments/eval_vae.py OUT.json NAME=VAE_RUN_OR_MODEL ...
@@ -17,7 +18,7 @@ from mar3d.models.io import model_folder
 from mar3d.models.io import load_vae
 from mar3d.pipeline.reconstruct import encode_shapes, samples_from_prepared
 
-ROOT = "runs/prepared/ycb"
+ROOT = __import__("os").environ.get("ROOT", "runs/prepared/ycb")
 ids0 = [l.strip() for l in open("mar3d/configs/holdout/ycb.txt") if l.strip() and not l.startswith("#")]
 if __import__("os").environ.get("IDS"):
     ids0 = __import__("os").environ["IDS"].split(",")

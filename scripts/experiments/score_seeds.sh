@@ -4,16 +4,19 @@
 # scripts/evaluate_demo.sh's (a) (or (b) with HR=1)
 # (docs/protocol.md, known camera, view 0); prints F@0.1 per seed, mean ± std, CD and NC.
 # usage (repo root): scripts/experiments/score_seeds.sh MODEL_DIR OUT [mar3d generate flags, e.g. --temperature 0.5]
-# Outputs: OUT/seed<S>/meshes, OUT/seed<S>/metrics. Finished seeds are kept (rerun to resume).
+# INPUTS: the folder of images to generate from (default examples/; e.g. view 0 of training objects, copied from
+# runs/prepared/ycb/<id>/views/000.png); GT: the prepared folder they are scored against (default runs/prepared/ycb).
+# Outputs: OUT/seed<S>/meshes, OUT/seed<S>/metrics. Finished seeds are kept
+# (rerun to resume).
 set -euo pipefail
 model=$1; out=$2; shift 2
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
 cascade=$([ "${HR:-0}" = 1 ] && echo --hr || echo --no-hr)
 for seed in "${SEEDS[@]}"; do
-  .venv/bin/mar3d generate examples --model "$model" --out "$out/seed$seed/meshes" --seed "$seed" --no-progress \
+  .venv/bin/mar3d generate "${INPUTS:-examples}" --model "$model" --out "$out/seed$seed/meshes" --seed "$seed" --no-progress \
     "$cascade" "$@" > /dev/null
   [ -e "$out/seed$seed/metrics/metrics.json" ] || .venv/bin/mar3d evaluate --pred "$out/seed$seed/meshes" \
-    --gt runs/prepared/ycb --views runs/prepared/ycb --view 0 --out "$out/seed$seed/metrics" > /dev/null
+    --gt "${GT:-runs/prepared/ycb}" --views "${GT:-runs/prepared/ycb}" --view 0 --out "$out/seed$seed/metrics" > /dev/null
 done
 .venv/bin/python - "$out" "${SEEDS[@]}" <<'PY'
 import json, sys
