@@ -193,6 +193,7 @@ def test_data_repeats_weigh_a_folder_and_bad_ones_are_named(prepared, tiny_vae_r
     bad = run_mar3d("train", "mar-lr", "--config", config, "--data", prepared, "--vae", tiny_vae_run, "--latents",
                     tiny_latents, "--out", tmp_path / "bad", "--no-progress", check=2)
     assert "data.repeats names ['ycbb']" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
 
 
 def test_mar_fine_tuning_keeps_the_source_latent_scale_and_weights(prepared, tiny_vae_run, tiny_latents,
