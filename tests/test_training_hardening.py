@@ -245,7 +245,7 @@ def _fsdp_ema_rank(rank: int, port: int, out: str) -> None:
     dist.barrier()  # both ranks are done, and rank 0 has saved, before either leaves
     # Leave without tearing gloo down: its teardown races the peer's (a clean-clone CI run saw rank 1 abort with
     # "terminate called without an active exception" after the result was saved, even with the barrier; 33 runs
-    # of this test alone here did not repeat it), and an exiting process has nothing to release the OS does not.
+    # of this test here, 3 of them on a loaded CPU, did not repeat it), and an exiting process has nothing to release the OS does not.
     os._exit(0)
 
 

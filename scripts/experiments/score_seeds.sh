@@ -6,17 +6,17 @@
 # usage (repo root): scripts/experiments/score_seeds.sh MODEL_DIR OUT [mar3d generate flags, e.g. --temperature 0.5]
 # INPUTS: the folder of images to generate from (default examples/; e.g. view 0 of training objects, copied from
 # runs/prepared/ycb/<id>/views/000.png); GT: the prepared folder they are scored against (default runs/prepared/ycb).
-# Outputs: OUT/seed<S>/meshes, OUT/seed<S>/metrics. Finished seeds are kept
-# (rerun to resume).
+# Outputs: OUT/seed<S>/meshes, OUT/seed<S>/metrics. Finished seeds are kept (rerun to resume).
 set -euo pipefail
 model=$1; out=$2; shift 2
 read -ra SEEDS <<< "${SEEDS:-0 1 2}"
+inputs=${INPUTS:-examples}; gt=${GT:-runs/prepared/ycb}
 cascade=$([ "${HR:-0}" = 1 ] && echo --hr || echo --no-hr)
 for seed in "${SEEDS[@]}"; do
-  .venv/bin/mar3d generate "${INPUTS:-examples}" --model "$model" --out "$out/seed$seed/meshes" --seed "$seed" --no-progress \
+  .venv/bin/mar3d generate "$inputs" --model "$model" --out "$out/seed$seed/meshes" --seed "$seed" --no-progress \
     "$cascade" "$@" > /dev/null
   [ -e "$out/seed$seed/metrics/metrics.json" ] || .venv/bin/mar3d evaluate --pred "$out/seed$seed/meshes" \
-    --gt "${GT:-runs/prepared/ycb}" --views "${GT:-runs/prepared/ycb}" --view 0 --out "$out/seed$seed/metrics" > /dev/null
+    --gt "$gt" --views "$gt" --view 0 --out "$out/seed$seed/metrics" > /dev/null
 done
 .venv/bin/python - "$out" "${SEEDS[@]}" <<'PY'
 import json, sys
